@@ -1,0 +1,1 @@
+"""The OCI Distribution API under ``/v2``."""

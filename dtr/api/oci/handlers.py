@@ -1,0 +1,370 @@
+"""Thin ``/v2`` handlers: parse the request, authorise through ``AccessControl``, make one
+registry call, render. Domain errors are rendered by :func:`with_errors` from the table
+in ``api/oci/errors.py``; bodies stream, never read whole (manifests excepted, ≤ 4 MiB)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Redirect, Stream
+
+from dtr.api.oci.errors import classify, envelope
+from dtr.api.oci.security import AccessControl
+from dtr.core import mediatypes as mt
+from dtr.core.referrers import referrers_index
+from dtr.core.registry import Registry
+from dtr.errors import (
+    DigestInvalid,
+    DtrError,
+    ManifestTooLarge,
+    PaginationInvalid,
+    RangeInvalid,
+    UploadInvalid,
+)
+
+log = logging.getLogger("dtr.api.oci")
+API_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+JSON = "application/json"
+CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)$")
+RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+
+Req = Request  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True, slots=True)
+class OciContext:
+    """What every handler needs, built once by the composition root."""
+
+    registry: Registry
+    access: AccessControl
+    public_url: str = ""
+    chunk_min: int = 0
+
+    def url(self, path: str) -> str:
+        """A ``Location`` value: relative unless a public URL is configured."""
+        return f"{self.public_url.rstrip('/')}{path}" if self.public_url else path
+
+
+Handler = Callable[[OciContext, Req, dict[str, str]], Awaitable[Response]]  # type: ignore[type-arg]
+
+
+def reply(status: int, body: bytes = b"", media_type: str = JSON,
+          headers: dict[str, str] | None = None) -> Response:  # type: ignore[type-arg]
+    """A response with the registry API header."""
+    return Response(body, status_code=status, media_type=media_type,
+                    headers={**API_HEADER, **(headers or {})})
+
+
+def error_response(exc: DtrError, head: bool = False) -> Response:  # type: ignore[type-arg]
+    """Render a domain error as the OCI envelope (503 for unavailable backends)."""
+    status, code = classify(exc)
+    if code is None:
+        if status == 503:
+            return reply(503, f"{exc.message}; retry later\n".encode(), "text/plain",
+                         {"Retry-After": "5"})
+        log.error("unclassified error: %s", exc)
+        return reply(500, b"internal error\n", "text/plain")
+    return reply(status, b"" if head else envelope(code, exc.message, exc.detail))
+
+
+async def with_errors(ctx: OciContext, request: Req, handler: Handler,
+                      params: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """Run a handler; render domain errors."""
+    try:
+        return await handler(ctx, request, params)
+    except DtrError as exc:
+        return error_response(exc, head=request.method == "HEAD")
+
+
+def raise_(exc: Exception) -> Handler:
+    """A handler that raises ``exc`` (used to render routing-time errors uniformly)."""
+
+    async def _h(_ctx: OciContext, _r: Req, _p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+        raise exc
+
+    return _h
+
+
+def _int_header(request: Req, name: str) -> int | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UploadInvalid(f"invalid {name} header") from None
+
+
+def _content_range(request: Req) -> tuple[int, int] | None:
+    value = request.headers.get("content-range")
+    if value is None:
+        return None
+    m = CONTENT_RANGE.match(value.strip())
+    if not m:
+        raise RangeInvalid(f"invalid Content-Range {value!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _upload_headers(ctx: OciContext, name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {"Location": ctx.url(f"/v2/{name}/blobs/uploads/{upload_id}"),
+            "Range": f"0-{max(size - 1, 0)}", "Docker-Upload-UUID": upload_id,
+            "Content-Length": "0"}
+
+
+def _blob_created(ctx: OciContext, name: str, digest: str) -> Response:  # type: ignore[type-arg]
+    return reply(201, headers={"Location": ctx.url(f"/v2/{name}/blobs/{digest}"),
+                               "Docker-Content-Digest": digest, "Content-Length": "0"})
+
+
+def _body(request: Req) -> AsyncIterator[bytes]:
+    return request.stream()
+
+
+# -- /v2/ -------------------------------------------------------------------------------
+async def ping(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET /v2/``: the registry implements the API."""
+    await ctx.access.require(request, None, ())
+    return reply(200, b"{}")
+
+
+# -- uploads ----------------------------------------------------------------------------
+async def upload_start(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``POST /v2/<name>/blobs/uploads/``: mount, single POST, or open an upload."""
+    name = p["name"]
+    await ctx.access.require(request, name, ("pull", "push"))
+    q = request.query_params
+    up = ctx.registry.uploads
+    mount = q.get("mount")
+    if mount:
+        sources = [q["from"]] if q.get("from") else None
+        try:
+            if await ctx.registry.blobs.mount(name, mount, sources,
+                                              lambda repo: ctx.access.may_pull(request, repo)):
+                return _blob_created(ctx, name, mount)
+        except DigestInvalid:
+            pass  # an impossible mount falls back to an ordinary upload
+    algorithm = q.get("digest-algorithm")
+    if algorithm is not None and algorithm not in ("sha256", "sha512"):
+        raise DigestInvalid(f"unsupported digest algorithm {algorithm!r}")
+    state = await up.start(name)
+    digest = q.get("digest")
+    if digest:
+        length = _int_header(request, "content-length")
+        done = await up.finish(name, state.id, digest, _body(request), None, length)
+        return _blob_created(ctx, name, done)
+    headers = _upload_headers(ctx, name, state.id, 0)
+    if ctx.chunk_min:
+        headers["OCI-Chunk-Min-Length"] = str(ctx.chunk_min)
+    return reply(202, headers=headers)
+
+
+async def upload_patch(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``PATCH <location>``: append a chunk (``Content-Range``) or stream the body."""
+    name, upload_id = p["name"], p["upload"]
+    await ctx.access.require(request, name, ("pull", "push"))
+    state = await ctx.registry.uploads.append(
+        name, upload_id, _body(request), _content_range(request),
+        _int_header(request, "content-length"))
+    return reply(202, headers=_upload_headers(ctx, name, upload_id, state.size))
+
+
+async def upload_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``PUT <location>?digest=``: optional last chunk, verify, commit."""
+    name, upload_id = p["name"], p["upload"]
+    await ctx.access.require(request, name, ("pull", "push"))
+    digest = request.query_params.get("digest")
+    if not digest:
+        raise DigestInvalid("the digest query parameter is required")
+    done = await ctx.registry.uploads.finish(
+        name, upload_id, digest, _body(request), _content_range(request),
+        _int_header(request, "content-length"))
+    return _blob_created(ctx, name, done)
+
+
+async def upload_status(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET <location>``: 204 with the current ``Range``."""
+    name, upload_id = p["name"], p["upload"]
+    await ctx.access.require(request, name, ("pull", "push"))
+    state = await ctx.registry.uploads.status(name, upload_id)
+    return reply(204, headers=_upload_headers(ctx, name, upload_id, state.size))
+
+
+async def upload_cancel(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``DELETE <location>``: cancel the upload."""
+    name, upload_id = p["name"], p["upload"]
+    await ctx.access.require(request, name, ("pull", "push"))
+    await ctx.registry.uploads.cancel(name, upload_id)
+    return reply(204, headers={"Content-Length": "0"})
+
+
+# -- blobs ------------------------------------------------------------------------------
+def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """An inclusive byte range from a ``Range`` header, None for the whole blob.
+
+    Raises:
+        RangeInvalid: unsatisfiable or malformed.
+    """
+    if not value:
+        return None
+    m = RANGE.match(value.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        raise RangeInvalid(f"unsupported Range {value!r}")
+    if not m.group(1):
+        suffix = int(m.group(2))
+        return max(0, size - suffix), size - 1
+    start = int(m.group(1))
+    end = int(m.group(2)) if m.group(2) else size - 1
+    if start >= size or end < start:
+        raise RangeInvalid(f"range {value!r} not satisfiable for {size} bytes")
+    return start, min(end, size - 1)
+
+
+async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET``/``HEAD /v2/<name>/blobs/<digest>`` with ``Range`` (206) support."""
+    name, digest = p["name"], p["digest"]
+    await ctx.access.require(request, name, ("pull",))
+    blobs = ctx.registry.blobs
+    info = await blobs.stat(name, digest)
+    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+               "ETag": f'"{digest}"'}
+    try:
+        wanted = _parse_range(request.headers.get("range"), info.size)
+    except RangeInvalid:
+        return reply(416, envelope("BLOB_UPLOAD_INVALID", "range not satisfiable"),
+                     headers={"Content-Range": f"bytes */{info.size}"})
+    status = 200 if wanted is None else 206
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {wanted[0]}-{wanted[1]}/{info.size}"
+    length = info.size if wanted is None else wanted[1] - wanted[0] + 1
+    headers["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        return reply(status, media_type="application/octet-stream", headers=headers)
+    content = await blobs.open(name, digest, wanted)
+    if content.redirect_url:
+        return Redirect(content.redirect_url, status_code=307,
+                        headers={**API_HEADER, "Docker-Content-Digest": digest})
+    assert content.chunks is not None
+    return Stream(content.chunks, status_code=status, media_type="application/octet-stream",
+                  headers={**API_HEADER, **headers})
+
+
+async def blob_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``DELETE /v2/<name>/blobs/<digest>``."""
+    name, digest = p["name"], p["digest"]
+    await ctx.access.require(request, name, ("delete",))
+    await ctx.registry.blobs.unlink(name, digest)
+    return reply(202, headers={"Content-Length": "0"})
+
+
+# -- manifests --------------------------------------------------------------------------
+async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET``/``HEAD /v2/<name>/manifests/<reference>``: the exact stored bytes."""
+    name, reference = p["name"], p["reference"]
+    await ctx.access.require(request, name, ("pull",))
+    m = await ctx.registry.manifests.get(name, reference)
+    headers = {"Docker-Content-Digest": m.digest, "ETag": f'"{m.digest}"',
+               "Content-Length": str(len(m.content))}
+    inm = request.headers.get("if-none-match")
+    if inm and m.digest in inm:
+        return reply(304, media_type=m.media_type, headers=headers)
+    body = b"" if request.method == "HEAD" else m.content
+    return reply(200, body, m.media_type, headers)
+
+
+async def _read_manifest(ctx: OciContext, request: Req) -> bytes:
+    limit = ctx.registry.store.limits.max_manifest_bytes
+    length = _int_header(request, "content-length")
+    if length is not None and length > limit:
+        raise ManifestTooLarge(f"manifest exceeds {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ManifestTooLarge(f"manifest exceeds {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def manifest_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``PUT /v2/<name>/manifests/<reference>[?tag=…]``."""
+    name, reference = p["name"], p["reference"]
+    await ctx.access.require(request, name, ("pull", "push"))
+    body = await _read_manifest(ctx, request)
+    extra = request.query_params.getall("tag", [])
+    res = await ctx.registry.manifests.put(name, reference, request.headers.get("content-type"),
+                                           body, extra)
+    headers = {"Location": ctx.url(f"/v2/{name}/manifests/{res.digest}"),
+               "Docker-Content-Digest": res.digest, "Content-Length": "0"}
+    if res.subject:
+        headers["OCI-Subject"] = res.subject
+    response = reply(201, headers=headers)
+    if extra:
+        for tag in res.tags:
+            response.headers.add("OCI-Tag", tag)
+    return response
+
+
+async def manifest_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``DELETE /v2/<name>/manifests/<reference>``: a tag, or a digest and its tags."""
+    name, reference = p["name"], p["reference"]
+    await ctx.access.require(request, name, ("delete",))
+    await ctx.registry.manifests.delete(name, reference)
+    return reply(202, headers={"Content-Length": "0"})
+
+
+# -- discovery --------------------------------------------------------------------------
+def _page_params(request: Req) -> tuple[int | None, str | None]:
+    n_raw = request.query_params.get("n")
+    try:
+        n = int(n_raw) if n_raw not in (None, "") else None
+    except ValueError:
+        raise PaginationInvalid(f"invalid n {n_raw!r}") from None
+    return n, request.query_params.get("last") or None
+
+
+def _link(path: str, n: int | None, last: str) -> str:
+    query = urlencode({**({"n": n} if n is not None else {}), "last": last})
+    return f'<{path}?{query}>; rel="next"'
+
+
+async def tags_list(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET /v2/<name>/tags/list?n=&last=``."""
+    name = p["name"]
+    await ctx.access.require(request, name, ("pull",))
+    n, last = _page_params(request)
+    page = await ctx.registry.tags.list_tags(name, n, last)
+    headers = {}
+    if page.more and page.items:
+        headers["Link"] = _link(f"/v2/{name}/tags/list", n, page.items[-1])
+    return reply(200, msgspec.json.encode({"name": name, "tags": page.items}), JSON, headers)
+
+
+async def catalog(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET /v2/_catalog?n=&last=``: repositories the caller can pull."""
+    await ctx.access.require(request, None, ())
+    n, last = _page_params(request)
+    page = await ctx.registry.tags.catalog(
+        n, last, lambda repo: ctx.access.may_pull(request, repo))
+    headers = {}
+    if page.more and page.items:
+        headers["Link"] = _link("/v2/_catalog", n, page.items[-1])
+    return reply(200, msgspec.json.encode({"repositories": page.items}), JSON, headers)
+
+
+async def referrers(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    """``GET /v2/<name>/referrers/<digest>[?artifactType=]``: always 200 with an index."""
+    name, digest = p["name"], p["digest"]
+    await ctx.access.require(request, name, ("pull",))
+    artifact_type = request.query_params.get("artifactType")
+    found = await ctx.registry.referrers.referrers(name, digest, artifact_type)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+    return reply(200, referrers_index(found), mt.OCI_INDEX, headers)
+
+

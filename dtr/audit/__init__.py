@@ -1,0 +1,1 @@
+"""The tamper-evident audit log behind ``core.hooks.EventSink``. Never imports api or core."""

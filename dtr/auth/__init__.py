@@ -1,0 +1,1 @@
+"""Who is calling (users, robots, tokens, OIDC). Never imports api, core or policy."""

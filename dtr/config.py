@@ -1,0 +1,270 @@
+"""Settings: one typed object built from an optional YAML file plus ``DTR_*`` variables.
+
+Owns the configuration schema, its defaults, loading and validation. Precedence:
+environment > YAML file > defaults. An environment variable names a setting by its path:
+``DTR_<SECTION>_<FIELD>`` (``DTR_STORAGE_S3_ACCESS_KEY`` → ``storage.s3.access_key``); the
+shortcut ``DTR_DATABASE_URL`` is ``database.url``. No globals: callers pass ``Settings`` down.
+Imports nothing from dtr but ``dtr.errors``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+ENV_PREFIX = "DTR_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which setting and why."""
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """HTTP server."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. Keep 127.0.0.1 until authentication is configured."""
+    port: int = 5000
+    """TCP port."""
+    workers: int = 2
+    """Worker processes (granian). Each has its own database pool."""
+    public_url: str = ""
+    """External base URL (``https://registry.example``) used in absolute links; empty =
+    relative ``Location`` headers, which every client accepts."""
+    data_dir: str = "./data"
+    """Folder for the embedded database, blobs and generated keys."""
+
+
+class DatabaseSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Metadata database."""
+
+    url: str = ""
+    """SQLAlchemy URL. Empty = SQLite file ``<data_dir>/dtr.db``. Production:
+    ``postgresql+asyncpg://user:pass@host:5432/dtr``."""
+    pool_size: int = 10
+    """Connections per worker (PostgreSQL)."""
+    echo: bool = False
+    """Log every SQL statement (debugging only)."""
+
+
+class FilesystemSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Local-disk blob storage."""
+
+    root: str = ""
+    """Folder for blobs and uploads. Empty = ``<data_dir>/storage``."""
+    fsync: bool = True
+    """fsync each blob before it becomes visible (durable commits)."""
+
+
+class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """S3-compatible object storage (MinIO) through the ``minio`` SDK."""
+
+    endpoint: str = ""
+    """``host:port`` of the S3 endpoint, no scheme."""
+    bucket: str = "dtr"
+    """Bucket name; created at start-up if missing."""
+    access_key: str = ""
+    """Access key id."""
+    secret_key: str = ""
+    """Secret access key."""
+    region: str = ""
+    """Region (empty = the server's default)."""
+    secure: bool = True
+    """Use HTTPS to reach the endpoint."""
+    prefix: str = ""
+    """Key prefix inside the bucket (several registries can share one bucket)."""
+    redirect: bool = False
+    """Answer blob GETs with a 307 to a presigned URL instead of proxying the bytes."""
+    redirect_expiry_seconds: int = 600
+    """Lifetime of presigned URLs."""
+    part_size: int = 16 * 1024 * 1024
+    """Multipart part size in bytes (>= 5 MiB)."""
+
+
+class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where blob bytes live."""
+
+    backend: Literal["filesystem", "s3", "memory"] = "filesystem"
+    """``filesystem`` (default), ``s3`` (MinIO or any S3), ``memory`` (tests only)."""
+    filesystem: FilesystemSettings = msgspec.field(default_factory=FilesystemSettings)
+    s3: S3Settings = msgspec.field(default_factory=S3Settings)
+
+
+class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """OCI registry behaviour."""
+
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    """Manifests larger than this are refused with 413."""
+    max_blob_bytes: int = 64 * 1024 * 1024 * 1024
+    """Largest blob accepted (bytes)."""
+    max_tags_per_request: int = 32
+    """Most ``?tag=`` parameters on one manifest PUT (414 above)."""
+    delete_enabled: bool = True
+    """Allow DELETE of manifests, tags and blobs."""
+    upload_secret: str = ""
+    """HMAC key for upload-state tokens; every replica must share it. Empty = generated
+    once and kept in the data folder (fine for one host)."""
+    chunk_min_bytes: int = 0
+    """Advertised ``OCI-Chunk-Min-Length`` (0 = not sent)."""
+    page_size: int = 1000
+    """Default and maximum page size of tag lists, catalog and referrers."""
+
+
+class GCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Garbage collection (``dtr gc``)."""
+
+    upload_max_age_seconds: int = 24 * 3600
+    """Uploads untouched this long are abandoned and removed."""
+    blob_grace_seconds: int = 3600
+    """A blob no manifest references is kept this long after it was last linked."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every dtr setting. Build with :func:`load_settings`."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
+    gc: GCSettings = msgspec.field(default_factory=GCSettings)
+
+    @property
+    def data_path(self) -> Path:
+        """The data folder as an absolute path."""
+        return Path(self.server.data_dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL (SQLite in the data folder by default)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_path / 'dtr.db'}"
+
+    @property
+    def filesystem_root(self) -> Path:
+        """The effective filesystem storage root."""
+        if self.storage.filesystem.root:
+            return Path(self.storage.filesystem.root).expanduser().resolve()
+        return self.data_path / "storage"
+
+
+def _struct_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(cls)}
+
+
+def _set_path(tree: dict[str, Any], cls: type[msgspec.Struct], tokens: list[str], value: str,
+              var: str) -> None:
+    """Place ``value`` in ``tree`` at the field path spelt by ``tokens`` (greedy on ``_``)."""
+    fields = _struct_fields(cls)
+    for i in range(len(tokens), 0, -1):
+        name = "_".join(tokens[:i])
+        if name not in fields:
+            continue
+        ftype = fields[name]
+        rest = tokens[i:]
+        if isinstance(ftype, type) and issubclass(ftype, msgspec.Struct):
+            if not rest:
+                continue
+            sub = tree.setdefault(name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{var}: {name} is a section")
+            _set_path(sub, ftype, rest, value, var)
+            return
+        if rest:
+            continue
+        tree[name] = value
+        return
+    raise ConfigError(f"{var}: no such setting")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in over.items():
+        if isinstance(val, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build and validate the settings.
+
+    Args:
+        config_file: optional YAML file; ``DTR_CONFIG`` names one when this is None.
+        env: the environment to read ``DTR_*`` from (default ``os.environ``).
+        overrides: a nested mapping applied last (command-line flags).
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or failed validation.
+    """
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = {}
+    path = config_file or env.get("DTR_CONFIG")
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+        tree = loaded
+    env_tree: dict[str, Any] = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var == "DTR_CONFIG":
+            continue
+        if var in ("DTR_ADMIN_PASSWORD",) or var.startswith("DTR_TEST_"):
+            continue
+        tokens = var[len(ENV_PREFIX):].lower().split("_")
+        _set_path(env_tree, Settings, tokens, value, var)
+    tree = _merge(tree, env_tree)
+    if overrides:
+        tree = _merge(tree, overrides)
+    try:
+        settings = msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Check cross-field rules that types cannot express.
+
+    Raises:
+        ConfigError: the first rule broken, naming the setting.
+    """
+    s = settings
+    if not 0 < s.server.port < 65536:
+        raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
+    if s.server.workers < 1:
+        raise ConfigError("server.workers: must be at least 1")
+    url = s.database_url
+    if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        raise ConfigError(
+            "database.url: use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
+    if s.storage.backend == "s3":
+        s3 = s.storage.s3
+        if not s3.endpoint or "://" in s3.endpoint:
+            raise ConfigError("storage.s3.endpoint: set host:port without a scheme")
+        if not s3.access_key or not s3.secret_key:
+            raise ConfigError("storage.s3.access_key and storage.s3.secret_key are required")
+        if s3.part_size < 5 * 1024 * 1024:
+            raise ConfigError("storage.s3.part_size: S3 needs at least 5 MiB parts")
+    if s.registry.max_manifest_bytes < 4 * 1024 * 1024:
+        raise ConfigError("registry.max_manifest_bytes: OCI requires at least 4 MiB")
+    if s.registry.max_tags_per_request < 10:
+        raise ConfigError("registry.max_tags_per_request: OCI requires at least 10")
+    if s.registry.page_size < 1:
+        raise ConfigError("registry.page_size: must be at least 1")
+    if s.gc.upload_max_age_seconds < 60:
+        raise ConfigError("gc.upload_max_age_seconds: must be at least 60")
+    if s.gc.blob_grace_seconds < 0:
+        raise ConfigError("gc.blob_grace_seconds: must not be negative")

@@ -1,0 +1,197 @@
+"""BlobService: stat, read, mount (link) and unlink blobs of a repository; and the one
+place a verified upload becomes a blob (``commit``), safe against concurrent GC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+
+from dtr.core.hooks import RegistryEvent
+from dtr.core.reference import Digest
+from dtr.core.store import Store, storage_guard
+from dtr.db.base import utcnow
+from dtr.db.models import Blob, Repository, RepositoryBlob
+from dtr.errors import BlobUnknown, Unavailable, Unsupported
+from dtr.storage import paths
+from dtr.storage.base import PathNotFound
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """A blob as a repository sees it."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobContent:
+    """An opened blob: either bytes to stream or a URL to redirect to."""
+
+    digest: str
+    size: int
+    start: int
+    length: int
+    chunks: AsyncIterator[bytes] | None
+    redirect_url: str | None = None
+
+
+def blob_key(digest: str) -> str:
+    """The storage key of a blob digest."""
+    d = Digest.parse(digest)
+    return paths.blob_key(d.algorithm, d.encoded)
+
+
+class BlobService:
+    """Blobs as repositories see them (through links)."""
+
+    def __init__(self, store: Store, *, redirect_expiry: int | None = None) -> None:
+        self.store = store
+        self.redirect_expiry = redirect_expiry
+
+    async def stat(self, repository: str, digest: str) -> BlobInfo:
+        """Size of a blob linked in the repository.
+
+        Raises:
+            BlobUnknown: not linked (or repository unknown).
+        """
+        Digest.parse(digest)
+        async with self.store.read() as s:
+            size = (await s.execute(
+                select(Blob.size)
+                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                .join(Repository, Repository.id == RepositoryBlob.repository_id)
+                .where(Repository.name == repository, Blob.digest == digest,
+                       Blob.state == "present"))).scalar()
+        if size is None:
+            raise BlobUnknown(f"blob {digest} is not known to {repository}", {"digest": digest})
+        return BlobInfo(digest, int(size))
+
+    async def open(self, repository: str, digest: str,
+                   byte_range: tuple[int, int | None] | None = None) -> BlobContent:
+        """Open a linked blob for reading, optionally a byte range (inclusive end).
+
+        With redirects configured and supported by the driver, returns a presigned URL
+        instead of bytes.
+
+        Raises:
+            BlobUnknown: not linked, or its bytes are missing from storage.
+        """
+        info = await self.stat(repository, digest)
+        key = blob_key(digest)
+        start, length = 0, info.size
+        if byte_range is not None:
+            start = byte_range[0]
+            end = info.size - 1 if byte_range[1] is None else min(byte_range[1], info.size - 1)
+            length = max(0, end - start + 1)
+        if self.redirect_expiry and byte_range is None:
+            with storage_guard():
+                url = await self.store.storage.presign_get(key, self.redirect_expiry)
+            if url:
+                return BlobContent(digest, info.size, 0, info.size, None, url)
+        try:
+            with storage_guard():
+                chunks = await self.store.storage.reader(key, start, length)
+        except PathNotFound:
+            raise BlobUnknown(f"blob {digest} content is missing", {"digest": digest}) from None
+        return BlobContent(digest, info.size, start, length, chunks)
+
+    async def link(self, repository: str, digest: str) -> None:
+        """Link a present blob into the repository (creating it); no-op if linked."""
+        async with self.store.tx() as s:
+            rid = await self.store.ensure_repo(s, repository)
+            stmt = self.store.insert(RepositoryBlob).values(  # type: ignore[attr-defined]
+                repository_id=rid, digest=digest)
+            await s.execute(stmt.on_conflict_do_nothing())
+            await s.execute(update(Blob).where(Blob.digest == digest)
+                            .values(last_linked_at=utcnow()))
+
+    async def mount(self, repository: str, digest: str,
+                    sources: list[str] | None, may_read: Callable[[str], bool]) -> bool:
+        """Link ``digest`` into ``repository`` from a repository the caller may read.
+
+        ``sources`` None means "any repository" (automatic mount); otherwise only those
+        named. ``may_read`` is the caller's pull check, decided outside core. Returns False
+        (never raises for an impossible mount) when no readable source links the blob.
+        """
+        Digest.parse(digest)
+        async with self.store.tx() as s:
+            q = (select(Repository.name)
+                 .join(RepositoryBlob, RepositoryBlob.repository_id == Repository.id)
+                 .join(Blob, Blob.digest == RepositoryBlob.digest)
+                 .where(RepositoryBlob.digest == digest, Blob.state == "present"))
+            if sources is not None:
+                q = q.where(Repository.name.in_(sources))
+            names = [n for (n,) in (await s.execute(q.limit(200))).all()]
+            if not any(may_read(n) for n in names):
+                return False
+            rid = await self.store.ensure_repo(s, repository)
+            stmt = self.store.insert(RepositoryBlob).values(  # type: ignore[attr-defined]
+                repository_id=rid, digest=digest)
+            await s.execute(stmt.on_conflict_do_nothing())
+            await s.execute(update(Blob).where(Blob.digest == digest)
+                            .values(last_linked_at=utcnow()))
+            await self.store.hooks.emit(s, RegistryEvent("blob.mounted", repository, digest))
+        return True
+
+    async def unlink(self, repository: str, digest: str) -> None:
+        """Remove the blob from the repository (the bytes go at the next GC).
+
+        Raises:
+            Unsupported: deletes are disabled.
+            BlobUnknown: not linked.
+        """
+        if not self.store.limits.delete_enabled:
+            raise Unsupported("deletes are disabled on this registry")
+        Digest.parse(digest)
+        async with self.store.tx() as s:
+            rid = await self.store.repo_id(s, repository)
+            res = await s.execute(delete(RepositoryBlob).where(
+                RepositoryBlob.repository_id == rid, RepositoryBlob.digest == digest))
+            if not res.rowcount:  # type: ignore[attr-defined]
+                raise BlobUnknown(f"blob {digest} is not known to {repository}",
+                                  {"digest": digest})
+            await self.store.hooks.emit(s, RegistryEvent("blob.deleted", repository, digest))
+
+    async def commit(self, repository: str, digest: str, size: int, parts: list[str]) -> None:
+        """Make verified upload ``parts`` the blob ``digest`` and link it.
+
+        The blob row is claimed before the bytes move, and a row GC is deleting is waited
+        out, so a concurrent ``dtr gc`` can never delete bytes a new link points at.
+        """
+        key = blob_key(digest)
+        storage = self.store.storage
+        for _attempt in range(600):
+            async with self.store.tx() as s:
+                row = (await s.execute(select(Blob).where(Blob.digest == digest)
+                                       .with_for_update())).scalar()
+                if row is not None and row.state == "deleting":
+                    need_bytes = None
+                elif row is None:
+                    s.add(Blob(digest=digest, size=size))
+                    need_bytes = True
+                else:
+                    row.last_linked_at = utcnow()
+                    need_bytes = False
+            if need_bytes is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise Unavailable("blob is being garbage collected; retry")
+        with storage_guard():
+            if not need_bytes:
+                try:
+                    await storage.stat(key)
+                except PathNotFound:
+                    need_bytes = True
+            if need_bytes:
+                if len(parts) == 1:
+                    await storage.move(parts[0], key)
+                elif parts:
+                    await storage.compose(parts, key)
+                else:
+                    await storage.put_bytes(key, b"")
+        await self.link(repository, digest)

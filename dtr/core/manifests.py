@@ -1,0 +1,223 @@
+"""ManifestService: get, put (validate references, run the push gate on tag writes, emit
+events) and delete manifests; tags are written here because a tag write is a manifest
+event the signing gate must see."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dtr.core.hooks import RegistryEvent, TagWrite
+from dtr.core.manifest import ParsedManifest, parse_manifest
+from dtr.core.reference import Digest, check_tag, digest_of, is_digest_reference
+from dtr.core.store import Store
+from dtr.db.base import utcnow
+from dtr.db.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag
+from dtr.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestTooLarge,
+    ManifestUnknown,
+    TooManyTags,
+    Unsupported,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """A stored manifest: its digest, media type and exact bytes."""
+
+    digest: str
+    media_type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What a manifest PUT did."""
+
+    digest: str
+    tags: list[str]
+    subject: str | None
+
+
+class ManifestService:
+    """Manifests and tags of repositories."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, repository: str, reference: str) -> ManifestRecord:
+        """The manifest a tag or digest names.
+
+        Raises:
+            ManifestUnknown: no such manifest or tag (or repository).
+            DigestInvalid, TagInvalid: malformed reference.
+        """
+        by_digest = is_digest_reference(reference)
+        if by_digest:
+            Digest.parse(reference)
+        else:
+            check_tag(reference)
+        q = (select(Manifest.digest, Manifest.media_type, Manifest.content)
+             .join(Repository, Repository.id == Manifest.repository_id)
+             .where(Repository.name == repository))
+        if by_digest:
+            q = q.where(Manifest.digest == reference)
+        else:
+            q = q.join(Tag, Tag.manifest_id == Manifest.id).where(Tag.name == reference)
+        async with self.store.read() as s:
+            row = (await s.execute(q)).first()
+        if row is None:
+            raise ManifestUnknown(f"manifest {reference} is not known to {repository}",
+                                  {"reference": reference})
+        return ManifestRecord(row[0], row[1], row[2])
+
+    async def put(self, repository: str, reference: str, content_type: str | None,
+                  body: bytes, extra_tags: Sequence[str] = ()) -> PutResult:
+        """Store a manifest and point tags at it.
+
+        ``reference`` is a tag or the digest the body must hash to; ``extra_tags`` are the
+        ``?tag=`` parameters. Referenced blobs and child manifests must be in the
+        repository; ``subject`` and non-distributable layers are never checked.
+
+        Raises:
+            ManifestTooLarge, ManifestInvalid, DigestInvalid, TagInvalid, TooManyTags,
+            ManifestBlobUnknown, Denied (push gate).
+        """
+        if len(body) > self.store.limits.max_manifest_bytes:
+            raise ManifestTooLarge(
+                f"manifest exceeds {self.store.limits.max_manifest_bytes} bytes")
+        tags = [check_tag(t) for t in extra_tags]
+        if len(tags) > self.store.limits.max_tags_per_request:
+            raise TooManyTags(f"at most {self.store.limits.max_tags_per_request} tags")
+        if is_digest_reference(reference):
+            want = Digest.parse(reference)
+            if not want.matches(body):
+                raise DigestInvalid(f"manifest does not match digest {reference}",
+                                    {"digest": reference})
+            digest = str(want)
+        else:
+            tags.insert(0, check_tag(reference))
+            digest = str(digest_of(body))
+        parsed = parse_manifest(body, content_type)
+        tags = list(dict.fromkeys(tags))
+        async with self.store.tx() as s:
+            rid = await self.store.ensure_repo(s, repository)
+            await self._check_references(s, rid, parsed)
+            mid = await self._upsert_manifest(s, rid, digest, parsed, body)
+            await self.store.hooks.emit(s, RegistryEvent(
+                "manifest.pushed", repository, digest,
+                detail={"media_type": parsed.media_type, "size": len(body)}))
+            for tag in tags:
+                await self.store.hooks.gate.check_tag_write(s, TagWrite(
+                    repository, tag, digest, parsed.media_type, parsed.artifact_type,
+                    str(parsed.subject.digest) if parsed.subject else None))
+                await self._write_tag(s, rid, tag, mid)
+                await self.store.hooks.emit(s, RegistryEvent("tag.written", repository,
+                                                             digest, tag))
+        return PutResult(digest, tags, str(parsed.subject.digest) if parsed.subject else None)
+
+    async def _check_references(self, s: AsyncSession, rid: int,
+                                parsed: ParsedManifest) -> None:
+        blobs = sorted({str(d) for d in parsed.blobs})
+        if blobs:
+            found = set((await s.execute(
+                select(RepositoryBlob.digest)
+                .join(Blob, Blob.digest == RepositoryBlob.digest)
+                .where(RepositoryBlob.repository_id == rid, RepositoryBlob.digest.in_(blobs),
+                       Blob.state == "present"))).scalars())
+            missing = [d for d in blobs if d not in found]
+            if missing:
+                raise ManifestBlobUnknown(f"blob {missing[0]} is not in the repository",
+                                          {"digest": missing[0]})
+        children = sorted({str(d) for d in parsed.manifests})
+        if children:
+            found = set((await s.execute(
+                select(Manifest.digest).where(Manifest.repository_id == rid,
+                                              Manifest.digest.in_(children)))).scalars())
+            missing = [d for d in children if d not in found]
+            if missing:
+                raise ManifestBlobUnknown(f"manifest {missing[0]} is not in the repository",
+                                          {"digest": missing[0]})
+
+    async def _upsert_manifest(self, s: AsyncSession, rid: int, digest: str,
+                               parsed: ParsedManifest, body: bytes) -> int:
+        existing = (await s.execute(select(Manifest.id).where(
+            Manifest.repository_id == rid, Manifest.digest == digest))).scalar()
+        if existing is not None:
+            return int(existing)
+        stmt = self.store.insert(Manifest).values(  # type: ignore[attr-defined]
+            repository_id=rid, digest=digest, media_type=parsed.media_type, size=len(body),
+            content=body, artifact_type=parsed.artifact_type,
+            subject_digest=str(parsed.subject.digest) if parsed.subject else None,
+            created_at=utcnow())
+        await s.execute(stmt.on_conflict_do_nothing(index_elements=["repository_id", "digest"]))
+        mid = int((await s.execute(select(Manifest.id).where(
+            Manifest.repository_id == rid, Manifest.digest == digest))).scalar_one())
+        refs = {(str(d), "blob") for d in parsed.blobs}
+        refs |= {(str(d), "manifest") for d in parsed.manifests}
+        if refs:
+            ins = self.store.insert(ManifestReference).values(  # type: ignore[attr-defined]
+                [{"manifest_id": mid, "digest": d, "kind": k} for d, k in sorted(refs)])
+            await s.execute(ins.on_conflict_do_nothing())
+        return mid
+
+    async def _write_tag(self, s: AsyncSession, rid: int, tag: str, mid: int) -> None:
+        row = (await s.execute(select(Tag).where(Tag.repository_id == rid, Tag.name == tag)
+                               .with_for_update())).scalar()
+        if row is None:
+            stmt = self.store.insert(Tag).values(  # type: ignore[attr-defined]
+                repository_id=rid, name=tag, manifest_id=mid, updated_at=utcnow())
+            await s.execute(stmt.on_conflict_do_update(
+                index_elements=["repository_id", "name"],
+                set_={"manifest_id": mid, "updated_at": utcnow()}))
+        else:
+            row.manifest_id = mid
+            row.updated_at = utcnow()
+
+    async def delete(self, repository: str, reference: str) -> None:
+        """Delete a tag, or a manifest by digest together with every tag pointing at it.
+
+        Raises:
+            Unsupported: deletes disabled.
+            NameUnknown, ManifestUnknown.
+        """
+        if not self.store.limits.delete_enabled:
+            raise Unsupported("deletes are disabled on this registry")
+        by_digest = is_digest_reference(reference)
+        if by_digest:
+            Digest.parse(reference)
+        else:
+            check_tag(reference)
+        async with self.store.tx() as s:
+            rid = await self.store.repo_id(s, repository)
+            if by_digest:
+                mid = (await s.execute(select(Manifest.id).where(
+                    Manifest.repository_id == rid, Manifest.digest == reference))).scalar()
+                if mid is None:
+                    raise ManifestUnknown(f"manifest {reference} is not known",
+                                          {"reference": reference})
+                await s.execute(delete(Tag).where(Tag.manifest_id == mid))
+                await s.execute(delete(ManifestReference)
+                                .where(ManifestReference.manifest_id == mid))
+                await s.execute(delete(Manifest).where(Manifest.id == mid))
+                await self.store.hooks.emit(s, RegistryEvent("manifest.deleted", repository,
+                                                             reference))
+            else:
+                res = await s.execute(delete(Tag).where(Tag.repository_id == rid,
+                                                        Tag.name == reference))
+                if not res.rowcount:  # type: ignore[attr-defined]
+                    raise ManifestUnknown(f"tag {reference} is not known",
+                                          {"reference": reference})
+                await self.store.hooks.emit(s, RegistryEvent("tag.deleted", repository,
+                                                             tag=reference))
+
+    async def count(self) -> int:
+        """Number of stored manifests (all repositories)."""
+        async with self.store.read() as s:
+            return int((await s.execute(select(func.count()).select_from(Manifest)))
+                       .scalar_one())

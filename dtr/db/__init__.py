@@ -1,0 +1,1 @@
+"""Metadata schema (SQLAlchemy) and the engine/unit-of-work factory; no business rules."""

@@ -1,0 +1,1 @@
+"""What the caller may do: the Casbin policy decision point. Never imports api or core."""

@@ -1,0 +1,1 @@
+"""Content trust: the signing gate behind ``core.hooks.PushGate``. Never imports api."""

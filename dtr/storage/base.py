@@ -1,0 +1,174 @@
+"""The ``StorageDriver`` seam: the only way dtr touches blob bytes.
+
+A driver stores opaque objects under ``/``-separated keys (drawn in ``storage/paths.py``).
+It knows nothing of OCI, digests, the database or HTTP. Every implementation passes
+``tests/contracts/test_storage_driver.py``. All methods are coroutines or async iterators;
+blocking I/O runs in worker threads, never on the event loop. No object is ever held
+whole in memory except through :meth:`StorageDriver.get_bytes` (small objects only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+#: Size of the buffers drivers read and write in (1 MiB).
+CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    """The backend failed (I/O error, network, permissions). Callers may retry."""
+
+
+class PathNotFound(StorageError):
+    """No object exists at the key."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no object at {path}")
+        self.path = path
+
+
+class InvalidPath(StorageError):
+    """The key is malformed (empty component, ``..``, leading ``/``)."""
+
+
+class WriteAborted(StorageError):
+    """The source stream failed before the write completed; nothing was stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What :meth:`StorageDriver.stat` and :meth:`StorageDriver.list` report."""
+
+    path: str
+    size: int
+    mtime: float
+    """Seconds since the epoch of the last write."""
+
+
+ChunkObserver = Callable[[bytes], None]
+"""Called with every chunk written, in order, in a worker thread (e.g. ``hasher.update``)."""
+
+
+@runtime_checkable
+class StorageDriver(Protocol):
+    """Object storage for blobs and in-progress uploads.
+
+    Keys are relative ``/``-separated strings of components matching ``[A-Za-z0-9._-]+``
+    (no ``..``); :func:`check_path` enforces that and drivers call it.
+    """
+
+    name: str
+    """Short driver name for logs and errors (``filesystem``, ``s3``, ``memory``)."""
+
+    async def stat(self, path: str) -> ObjectInfo:
+        """Return size and mtime of the object at ``path``.
+
+        Raises:
+            PathNotFound: no object there.
+        """
+        ...
+
+    async def reader(self, path: str, offset: int = 0,
+                     length: int | None = None) -> AsyncIterator[bytes]:
+        """Open the object and return an iterator over its bytes from ``offset``.
+
+        The object is opened before this coroutine returns, so a missing object raises
+        here, not on the first ``__anext__``. ``length`` None reads to the end; chunks are
+        at most :data:`CHUNK` bytes. An offset at or past the end yields nothing.
+
+        Raises:
+            PathNotFound: no object there.
+        """
+        ...
+
+    async def write(self, path: str, chunks: AsyncIterable[bytes],
+                    observer: ChunkObserver | None = None) -> int:
+        """Store the bytes of ``chunks`` at ``path``, replacing any object there.
+
+        Atomic: readers see either the old object or the whole new one, never a part.
+        If ``chunks`` raises, or the backend fails, nothing is stored at ``path``, the
+        partial data is discarded and the error propagates (``WriteAborted`` wraps a
+        non-storage error from the source). ``observer`` sees every byte written, in order.
+        Durable when the driver is configured for it (fsync before rename).
+
+        Returns:
+            the number of bytes written.
+        """
+        ...
+
+    async def put_bytes(self, path: str, data: bytes) -> None:
+        """Store a small object atomically (same guarantees as :meth:`write`)."""
+        ...
+
+    async def get_bytes(self, path: str) -> bytes:
+        """Return a small object whole.
+
+        Raises:
+            PathNotFound: no object there.
+        """
+        ...
+
+    async def compose(self, sources: list[str], dest: str) -> int:
+        """Atomically make ``dest`` the concatenation of ``sources`` (in order).
+
+        Sources are left in place (the caller deletes them). With one source this may be
+        a copy or a server-side operation. ``dest`` may already exist and is replaced.
+
+        Returns:
+            the size of ``dest``.
+
+        Raises:
+            PathNotFound: a source is missing; ``dest`` is unchanged.
+        """
+        ...
+
+    async def move(self, src: str, dest: str) -> None:
+        """Atomically move ``src`` to ``dest``, replacing ``dest``.
+
+        Raises:
+            PathNotFound: ``src`` is missing; ``dest`` is unchanged.
+        """
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Delete the object at ``path``; deleting a missing object is not an error."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix + '/'``.
+
+        Returns:
+            how many objects were deleted.
+        """
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Iterate over every object under ``prefix + '/'`` (recursively), any order."""
+        ...
+
+    async def presign_get(self, path: str, expires_seconds: int) -> str | None:
+        """Return a URL a client can GET the object from directly, or None if unsupported."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+def check_path(path: str) -> str:
+    """Validate a storage key and return it.
+
+    Raises:
+        InvalidPath: empty, absolute, with an empty or dot-only component, or with
+            characters outside ``[A-Za-z0-9._-]``.
+    """
+    if not path or path.startswith("/") or path.endswith("/"):
+        raise InvalidPath(f"invalid storage key {path!r}")
+    for part in path.split("/"):
+        if part in ("", ".", "..") or not all(c.isalnum() or c in "._-" for c in part):
+            raise InvalidPath(f"invalid storage key {path!r}")
+        if not part.isascii():
+            raise InvalidPath(f"invalid storage key {path!r}")
+    return path

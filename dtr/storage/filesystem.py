@@ -1,0 +1,296 @@
+"""Filesystem storage driver: objects are files under a root folder.
+
+Writes go to a temporary file in the destination folder, are fsynced (when durable) and
+renamed into place, so a reader sees the old object or the whole new one. Blocking file
+I/O runs on a private thread pool; while one buffer is being written and hashed in a
+thread, the event loop receives the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from dtr.storage.base import (
+    CHUNK,
+    ChunkObserver,
+    InvalidPath,
+    ObjectInfo,
+    PathNotFound,
+    StorageError,
+    WriteAborted,
+    check_path,
+)
+
+T = TypeVar("T")
+_TMP_PREFIX = ".tmp-"
+
+
+class FilesystemDriver:
+    """A :class:`~dtr.storage.base.StorageDriver` over a local folder.
+
+    Args:
+        root: the folder; created if missing.
+        fsync: fsync file and folder before a write becomes visible.
+        threads: size of the private I/O thread pool.
+    """
+
+    name = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True,
+                 threads: int = 16) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dtr-fs")
+
+    # -- helpers -----------------------------------------------------------------------
+    def _full(self, path: str) -> Path:
+        return self.root / check_path(path)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise PathNotFound(str(exc.filename or "")) from exc
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"filesystem: {exc}") from exc
+
+    def _tmp_for(self, full: Path) -> Path:
+        full.parent.mkdir(parents=True, exist_ok=True)
+        return full.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+
+    def _commit(self, tmp: Path, fh: BinaryIO | None, full: Path) -> None:
+        if fh is not None:
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+            fh.close()
+        os.replace(tmp, full)
+        if self.fsync:
+            fd = os.open(full.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- StorageDriver -----------------------------------------------------------------
+    async def stat(self, path: str) -> ObjectInfo:
+        """See :meth:`StorageDriver.stat`."""
+        full = self._full(path)
+
+        def _stat() -> ObjectInfo:
+            st = full.stat()
+            if not full.is_file():
+                raise PathNotFound(path)
+            return ObjectInfo(path, st.st_size, st.st_mtime)
+
+        try:
+            return await self._run(_stat)
+        except PathNotFound:
+            raise PathNotFound(path) from None
+
+    async def reader(self, path: str, offset: int = 0,
+                     length: int | None = None) -> AsyncIterator[bytes]:
+        """See :meth:`StorageDriver.reader`."""
+        full = self._full(path)
+        try:
+            fh = await self._run(open, full, "rb")
+        except PathNotFound:
+            raise PathNotFound(path) from None
+        if offset:
+            fh.seek(offset)
+        return self._iter_file(fh, length)
+
+    async def _iter_file(self, fh: BinaryIO, length: int | None) -> AsyncIterator[bytes]:
+        remaining = length
+        try:
+            while remaining is None or remaining > 0:
+                want = CHUNK if remaining is None else min(CHUNK, remaining)
+                data = await self._run(fh.read, want)
+                if not data:
+                    return
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+        finally:
+            fh.close()
+
+    async def write(self, path: str, chunks: AsyncIterable[bytes],
+                    observer: ChunkObserver | None = None) -> int:
+        """See :meth:`StorageDriver.write`."""
+        full = self._full(path)
+        tmp = await self._run(self._tmp_for, full)
+        fh: BinaryIO = await self._run(open, tmp, "wb")
+
+        def _emit(buf: bytes) -> None:
+            if observer is not None:
+                observer(buf)
+            fh.write(buf)
+
+        total = 0
+        pending: asyncio.Future[None] | None = None
+        parts: list[bytes] = []
+        size = 0
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size >= CHUNK:
+                        buf = b"".join(parts)
+                        parts, size = [], 0
+                        total += len(buf)
+                        if pending is not None:
+                            await pending
+                        pending = loop.run_in_executor(self._pool, _emit, buf)
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise WriteAborted(f"source stream failed: {exc}") from exc
+            if pending is not None:
+                await pending
+                pending = None
+            if parts:
+                buf = b"".join(parts)
+                total += len(buf)
+                await self._run(_emit, buf)
+            await self._run(self._commit, tmp, fh, full)
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pending)
+            fh.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return total
+
+    async def put_bytes(self, path: str, data: bytes) -> None:
+        """See :meth:`StorageDriver.put_bytes`."""
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        await self.write(path, one())
+
+    async def get_bytes(self, path: str) -> bytes:
+        """See :meth:`StorageDriver.get_bytes`."""
+        full = self._full(path)
+        try:
+            return await self._run(full.read_bytes)
+        except PathNotFound:
+            raise PathNotFound(path) from None
+
+    async def compose(self, sources: list[str], dest: str) -> int:
+        """See :meth:`StorageDriver.compose`."""
+        fulls = [self._full(s) for s in sources]
+        target = self._full(dest)
+
+        def _compose() -> int:
+            for src, full in zip(sources, fulls, strict=True):
+                if not full.is_file():
+                    raise PathNotFound(src)
+            tmp = self._tmp_for(target)
+            try:
+                with open(tmp, "wb") as out:
+                    for full in fulls:
+                        with open(full, "rb") as inp:
+                            shutil.copyfileobj(inp, out, CHUNK)
+                    size = out.tell()
+                    self._commit(tmp, out, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            return size
+
+        return await self._run(_compose)
+
+    async def move(self, src: str, dest: str) -> None:
+        """See :meth:`StorageDriver.move`."""
+        source = self._full(src)
+        target = self._full(dest)
+
+        def _move() -> None:
+            if not source.is_file():
+                raise PathNotFound(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._commit(source, None, target)
+
+        await self._run(_move)
+
+    async def delete(self, path: str) -> None:
+        """See :meth:`StorageDriver.delete`."""
+        full = self._full(path)
+
+        def _delete() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                full.unlink()
+
+        await self._run(_delete)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """See :meth:`StorageDriver.delete_prefix`."""
+        full = self._full(prefix)
+
+        def _delete() -> int:
+            if not full.is_dir():
+                return 0
+            count = sum(1 for p in full.rglob("*") if p.is_file())
+            shutil.rmtree(full, ignore_errors=True)
+            return count
+
+        return await self._run(_delete)
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+        """See :meth:`StorageDriver.list`."""
+        full = self._full(prefix)
+
+        def _walk() -> list[ObjectInfo]:
+            out: list[ObjectInfo] = []
+            if not full.is_dir():
+                return out
+            for dirpath, _dirs, files in os.walk(full):
+                for fname in files:
+                    if fname.startswith(_TMP_PREFIX):
+                        continue
+                    p = Path(dirpath) / fname
+                    try:
+                        st = p.stat()
+                    except FileNotFoundError:
+                        continue
+                    out.append(ObjectInfo(str(p.relative_to(self.root)), st.st_size,
+                                          st.st_mtime))
+            return out
+
+        for info in await self._run(_walk):
+            yield info
+
+    async def presign_get(self, path: str, expires_seconds: int) -> str | None:
+        """Filesystem objects have no URL of their own."""
+        return None
+
+    def local_file(self, path: str) -> Path | None:
+        """The file behind a key, for zero-copy responses (None if the key is invalid)."""
+        try:
+            return self._full(path)
+        except InvalidPath:
+            return None
+
+    async def close(self) -> None:
+        """Shut the thread pool down."""
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,43 @@
+"""The one storage key layout. Every key dtr writes is built here and nowhere else.
+
+::
+
+    <root>/
+    ├── blobs/
+    │   └── <algorithm>/<first two hex>/<encoded>       content-addressed blob bytes,
+    │                                                   written once, shared by every repo
+    └── uploads/
+        └── <upload id>/                                one folder per upload session
+            └── <offset, 20 digits>                     one segment per PATCH/PUT body,
+                                                        named by its start offset
+
+Repositories never appear in keys: which repository may read a blob is a database row
+(a *link*), so a cross-repository mount is a row insert and GC is a database query.
+Upload segments are immutable objects, so any replica can append the next one; the
+finishing request composes them into the blob key.
+"""
+
+from __future__ import annotations
+
+BLOBS = "blobs"
+UPLOADS = "uploads"
+
+
+def blob_key(algorithm: str, encoded: str) -> str:
+    """Key of a blob's bytes: ``blobs/sha256/ab/ab12…``."""
+    return f"{BLOBS}/{algorithm}/{encoded[:2]}/{encoded}"
+
+
+def upload_prefix(upload_id: str) -> str:
+    """Folder of an upload's segments (pass to ``delete_prefix`` / ``list``)."""
+    return f"{UPLOADS}/{upload_id}"
+
+
+def upload_segment_key(upload_id: str, offset: int) -> str:
+    """Key of the segment that starts at ``offset`` (sortable: 20 zero-padded digits)."""
+    return f"{UPLOADS}/{upload_id}/{offset:020d}"
+
+
+def segment_offset(key: str) -> int:
+    """Inverse of :func:`upload_segment_key`: the start offset of a segment key."""
+    return int(key.rsplit("/", 1)[1])

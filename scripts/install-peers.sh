@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install the real programs dtr's tests run against (shared/reference/test-peers.md).
+# Go peers go to ~/.cache/dtr/peers/<tool>-<version>/ (outside the checkout, kept between
+# CI runs); Debian peers through apt. Idempotent: a peer already installed is skipped.
+# Usage: scripts/install-peers.sh [peer ...]   (no argument = every peer)
+set -euo pipefail
+
+PEERS_DIR="${DTR_PEERS_DIR:-$HOME/.cache/dtr/peers}"
+mkdir -p "$PEERS_DIR"
+
+# name | binary | go package@version | extra go flags
+GO_PEERS=(
+  "minio|minio|github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c|"
+  "distribution|registry|github.com/distribution/distribution/v3/cmd/registry@v3.1.1|"
+  "conformance|conformance|github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111|-ldflags=-X=main.Version=97274622c111"
+  "crane|crane|github.com/google/go-containerregistry/cmd/crane@v0.21.9|"
+  "oras|oras|oras.land/oras/cmd/oras@v1.3.6|"
+  "regctl|regctl|github.com/regclient/regclient/cmd/regctl@v0.11.5|"
+  "helm|helm|helm.sh/helm/v3/cmd/helm@v3.21.4|"
+)
+DEBIAN_PEERS=(skopeo)
+
+want() {  # want NAME: true if NAME was asked for (or nothing was)
+  [ "${#ARGS[@]}" -eq 0 ] && return 0
+  local a; for a in "${ARGS[@]}"; do [ "$a" = "$1" ] && return 0; done; return 1
+}
+
+ARGS=("$@")
+
+for row in "${DEBIAN_PEERS[@]}"; do
+  want "$row" || continue
+  if ! command -v "$row" >/dev/null 2>&1; then
+    echo "peers: installing Debian package $row"
+    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$row" >/dev/null
+  fi
+done
+
+if want postgresql && ! [ -x /usr/lib/postgresql/15/bin/postgres ]; then
+  echo "peers: installing Debian package postgresql"
+  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
+for row in "${GO_PEERS[@]}"; do
+  IFS='|' read -r name bin pkg flags <<<"$row"
+  want "$name" || continue
+  version="${pkg##*@}"
+  dir="$PEERS_DIR/$name-$version"
+  if [ -x "$dir/$bin" ]; then continue; fi
+  echo "peers: go install $pkg"
+  start=$(date +%s)
+  mkdir -p "$dir.tmp"
+  # shellcheck disable=SC2086
+  GOBIN="$dir.tmp" GOFLAGS="-mod=mod" CGO_ENABLED=0 go install ${flags:+"$flags"} "$pkg"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  echo "peers: $name ready in $(( $(date +%s) - start ))s"
+done
