@@ -1,6 +1,7 @@
 """The composition root: ``create_app(settings)`` builds the engine, the storage driver,
 the core services and the hooks, and returns the Litestar application. The only module
-that imports every layer; nothing imports it but the CLI and the ASGI server."""
+that imports every layer; nothing imports it but the CLI and the ASGI server.
+"""
 
 from __future__ import annotations
 

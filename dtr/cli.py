@@ -1,5 +1,6 @@
 """The ``dtr`` command line: serve, db, config verify, gc. Imports the composition root;
-nothing imports this module but ``__main__``."""
+nothing imports this module but ``__main__``.
+"""
 
 from __future__ import annotations
 

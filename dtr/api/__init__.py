@@ -1,2 +1,3 @@
 """HTTP layer (Litestar): the only package that imports litestar. Handlers are thin:
-parse, one service call, render."""
+parse, one service call, render.
+"""

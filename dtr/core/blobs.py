@@ -1,5 +1,6 @@
 """BlobService: stat, read, mount (link) and unlink blobs of a repository; and the one
-place a verified upload becomes a blob (``commit``), safe against concurrent GC."""
+place a verified upload becomes a blob (``commit``), safe against concurrent GC.
+"""
 
 from __future__ import annotations
 

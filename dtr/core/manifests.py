@@ -1,6 +1,7 @@
 """ManifestService: get, put (validate references, run the push gate on tag writes, emit
 events) and delete manifests; tags are written here because a tag write is a manifest
-event the signing gate must see."""
+event the signing gate must see.
+"""
 
 from __future__ import annotations
 

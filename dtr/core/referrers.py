@@ -1,5 +1,6 @@
 """ReferrersService: the referrers API answer for a subject digest — manifests whose
-``subject`` is the digest, merged with any client-written tag-schema index."""
+``subject`` is the digest, merged with any client-written tag-schema index.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The registry facade: one object holding every core service, built by the composition
-root from a :class:`~dtr.core.store.Store`."""
+root from a :class:`~dtr.core.store.Store`.
+"""
 
 from __future__ import annotations
 

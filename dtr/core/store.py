@@ -1,6 +1,7 @@
 """What every core service shares: the session factory, the storage driver, the hooks and
 the limits; plus the two guards that turn database and storage failures into
-``Unavailable`` and the repository lookups every service needs."""
+``Unavailable`` and the repository lookups every service needs.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from dtr.core.hooks import Hooks
 from dtr.db.models import Repository
@@ -50,7 +52,8 @@ class Store:
         """A dialect-specific INSERT that supports ``on_conflict_do_nothing``."""
         return (pg_insert if self.is_postgres else sqlite_insert)(table)
 
-    def bytewise(self, column: ColumnElement[str]) -> ColumnElement[str]:
+    def bytewise(self, column: ColumnElement[str] | InstrumentedAttribute[str],
+                 ) -> ColumnElement[str]:
         """``column`` under byte-order collation (tags and names sort like Go's sort.Strings)."""
         return column.collate("C" if self.is_postgres else "BINARY")
 

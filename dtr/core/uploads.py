@@ -71,7 +71,7 @@ class _Limited:
     def __init__(self, chunks: AsyncIterable[bytes], limit: int, exact: int | None) -> None:
         self.chunks, self.limit, self.exact, self.count = chunks, limit, exact, 0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # noqa: D105
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self.chunks:
             self.count += len(chunk)
             if self.count > self.limit:

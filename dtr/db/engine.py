@@ -1,5 +1,6 @@
 """Async engine and session factory built from a database URL; SQLite tuned for several
-processes (WAL, busy timeout); schema-revision check used at start-up."""
+processes (WAL, busy timeout); schema-revision check used at start-up.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import ConnectionPoolEntry
 
 

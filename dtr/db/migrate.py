@@ -1,5 +1,6 @@
 """Schema revisions: where the Alembic scripts live, the head revision, and upgrade.
-The server refuses to start on a database that is not at the head revision."""
+The server refuses to start on a database that is not at the head revision.
+"""
 
 from __future__ import annotations
 

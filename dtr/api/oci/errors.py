@@ -1,5 +1,6 @@
 """The one OCI error table: code → status and message, domain error → code, and the
-renderer of the ``{"errors": [...]}`` envelope. ``docs/errors.md`` is generated from it."""
+renderer of the ``{"errors": [...]}`` envelope. ``docs/errors.md`` is generated from it.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Thin ``/v2`` handlers: parse the request, authorise through ``AccessControl``, make one
 registry call, render. Domain errors are rendered by :func:`with_errors` from the table
-in ``api/oci/errors.py``; bodies stream, never read whole (manifests excepted, ≤ 4 MiB)."""
+in ``api/oci/errors.py``; bodies stream, never read whole (manifests excepted, ≤ 4 MiB).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
@@ -34,7 +36,7 @@ JSON = "application/json"
 CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)$")
 RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 
-Req = Request  # type: ignore[type-arg]
+Req = Request[Any, Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +53,17 @@ class OciContext:
         return f"{self.public_url.rstrip('/')}{path}" if self.public_url else path
 
 
-Handler = Callable[[OciContext, Req, dict[str, str]], Awaitable[Response]]  # type: ignore[type-arg]
+Handler = Callable[[OciContext, Req, dict[str, str]], Awaitable[Response[Any]]]
 
 
 def reply(status: int, body: bytes = b"", media_type: str = JSON,
-          headers: dict[str, str] | None = None) -> Response:  # type: ignore[type-arg]
+          headers: dict[str, str] | None = None) -> Response[bytes]:
     """A response with the registry API header."""
     return Response(body, status_code=status, media_type=media_type,
                     headers={**API_HEADER, **(headers or {})})
 
 
-def error_response(exc: DtrError, head: bool = False) -> Response:  # type: ignore[type-arg]
+def error_response(exc: DtrError, head: bool = False) -> Response[bytes]:
     """Render a domain error as the OCI envelope (503 for unavailable backends)."""
     status, code = classify(exc)
     if code is None:
@@ -74,7 +76,7 @@ def error_response(exc: DtrError, head: bool = False) -> Response:  # type: igno
 
 
 async def with_errors(ctx: OciContext, request: Req, handler: Handler,
-                      params: dict[str, str]) -> Response:  # type: ignore[type-arg]
+                      params: dict[str, str]) -> Response[bytes]:
     """Run a handler; render domain errors."""
     try:
         return await handler(ctx, request, params)
@@ -85,7 +87,7 @@ async def with_errors(ctx: OciContext, request: Req, handler: Handler,
 def raise_(exc: Exception) -> Handler:
     """A handler that raises ``exc`` (used to render routing-time errors uniformly)."""
 
-    async def _h(_ctx: OciContext, _r: Req, _p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+    async def _h(_ctx: OciContext, _r: Req, _p: dict[str, str]) -> Response[bytes]:
         raise exc
 
     return _h
@@ -117,7 +119,7 @@ def _upload_headers(ctx: OciContext, name: str, upload_id: str, size: int) -> di
             "Content-Length": "0"}
 
 
-def _blob_created(ctx: OciContext, name: str, digest: str) -> Response:  # type: ignore[type-arg]
+def _blob_created(ctx: OciContext, name: str, digest: str) -> Response[bytes]:
     return reply(201, headers={"Location": ctx.url(f"/v2/{name}/blobs/{digest}"),
                                "Docker-Content-Digest": digest, "Content-Length": "0"})
 
@@ -127,14 +129,14 @@ def _body(request: Req) -> AsyncIterator[bytes]:
 
 
 # -- /v2/ -------------------------------------------------------------------------------
-async def ping(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def ping(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/``: the registry implements the API."""
     await ctx.access.require(request, None, ())
     return reply(200, b"{}")
 
 
 # -- uploads ----------------------------------------------------------------------------
-async def upload_start(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def upload_start(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``POST /v2/<name>/blobs/uploads/``: mount, single POST, or open an upload."""
     name = p["name"]
     await ctx.access.require(request, name, ("pull", "push"))
@@ -164,7 +166,7 @@ async def upload_start(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     return reply(202, headers=headers)
 
 
-async def upload_patch(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def upload_patch(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``PATCH <location>``: append a chunk (``Content-Range``) or stream the body."""
     name, upload_id = p["name"], p["upload"]
     await ctx.access.require(request, name, ("pull", "push"))
@@ -174,7 +176,7 @@ async def upload_patch(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     return reply(202, headers=_upload_headers(ctx, name, upload_id, state.size))
 
 
-async def upload_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def upload_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``PUT <location>?digest=``: optional last chunk, verify, commit."""
     name, upload_id = p["name"], p["upload"]
     await ctx.access.require(request, name, ("pull", "push"))
@@ -187,7 +189,7 @@ async def upload_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Respon
     return _blob_created(ctx, name, done)
 
 
-async def upload_status(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def upload_status(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``GET <location>``: 204 with the current ``Range``."""
     name, upload_id = p["name"], p["upload"]
     await ctx.access.require(request, name, ("pull", "push"))
@@ -195,7 +197,7 @@ async def upload_status(ctx: OciContext, request: Req, p: dict[str, str]) -> Res
     return reply(204, headers=_upload_headers(ctx, name, upload_id, state.size))
 
 
-async def upload_cancel(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def upload_cancel(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``DELETE <location>``: cancel the upload."""
     name, upload_id = p["name"], p["upload"]
     await ctx.access.require(request, name, ("pull", "push"))
@@ -225,7 +227,7 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[Any]:
     """``GET``/``HEAD /v2/<name>/blobs/<digest>`` with ``Range`` (206) support."""
     name, digest = p["name"], p["digest"]
     await ctx.access.require(request, name, ("pull",))
@@ -254,7 +256,7 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
                   headers={**API_HEADER, **headers})
 
 
-async def blob_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def blob_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``DELETE /v2/<name>/blobs/<digest>``."""
     name, digest = p["name"], p["digest"]
     await ctx.access.require(request, name, ("delete",))
@@ -263,7 +265,7 @@ async def blob_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Respo
 
 
 # -- manifests --------------------------------------------------------------------------
-async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``GET``/``HEAD /v2/<name>/manifests/<reference>``: the exact stored bytes."""
     name, reference = p["name"], p["reference"]
     await ctx.access.require(request, name, ("pull",))
@@ -292,7 +294,7 @@ async def _read_manifest(ctx: OciContext, request: Req) -> bytes:
     return b"".join(parts)
 
 
-async def manifest_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def manifest_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``PUT /v2/<name>/manifests/<reference>[?tag=…]``."""
     name, reference = p["name"], p["reference"]
     await ctx.access.require(request, name, ("pull", "push"))
@@ -304,14 +306,12 @@ async def manifest_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
                "Docker-Content-Digest": res.digest, "Content-Length": "0"}
     if res.subject:
         headers["OCI-Subject"] = res.subject
-    response = reply(201, headers=headers)
     if extra:
-        for tag in res.tags:
-            response.headers.add("OCI-Tag", tag)
-    return response
+        headers["OCI-Tag"] = ", ".join(res.tags)
+    return reply(201, headers=headers)
 
 
-async def manifest_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def manifest_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``DELETE /v2/<name>/manifests/<reference>``: a tag, or a digest and its tags."""
     name, reference = p["name"], p["reference"]
     await ctx.access.require(request, name, ("delete",))
@@ -334,7 +334,7 @@ def _link(path: str, n: int | None, last: str) -> str:
     return f'<{path}?{query}>; rel="next"'
 
 
-async def tags_list(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def tags_list(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/<name>/tags/list?n=&last=``."""
     name = p["name"]
     await ctx.access.require(request, name, ("pull",))
@@ -346,7 +346,7 @@ async def tags_list(ctx: OciContext, request: Req, p: dict[str, str]) -> Respons
     return reply(200, msgspec.json.encode({"name": name, "tags": page.items}), JSON, headers)
 
 
-async def catalog(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def catalog(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/_catalog?n=&last=``: repositories the caller can pull."""
     await ctx.access.require(request, None, ())
     n, last = _page_params(request)
@@ -358,7 +358,7 @@ async def catalog(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response
     return reply(200, msgspec.json.encode({"repositories": page.items}), JSON, headers)
 
 
-async def referrers(ctx: OciContext, request: Req, p: dict[str, str]) -> Response:  # type: ignore[type-arg]
+async def referrers(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/<name>/referrers/<digest>[?artifactType=]``: always 200 with an index."""
     name, digest = p["name"], p["digest"]
     await ctx.access.require(request, name, ("pull",))

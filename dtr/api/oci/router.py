@@ -1,22 +1,22 @@
 """The ``/v2`` dispatcher: one catch-all Litestar route and an ordered table of anchored
 regexes matched against the whole path, so repository names may contain ``/`` and words
-such as ``manifests`` or ``blobs`` (the API suffix is matched from the right)."""
+such as ``manifests`` or ``blobs`` (the API suffix is matched from the right).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from litestar import Request, Response, get, route
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 
 from dtr.api.oci import handlers as h
 from dtr.api.oci.errors import envelope
-from dtr.api.oci.handlers import OciContext
+from dtr.api.oci.handlers import Handler, OciContext
 from dtr.core.reference import check_name
-
-Handler = Callable[[OciContext, Request, dict[str, str]], Awaitable[Response]]  # type: ignore[type-arg]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +62,12 @@ def build_routes(ctx: OciContext, max_body: int) -> list[HTTPRouteHandler]:
     """The Litestar route handlers of ``/v2`` bound to ``ctx``."""
 
     @get("/v2", include_in_schema=False)
-    async def v2_root(request: Request) -> Response:  # type: ignore[type-arg]
+    async def v2_root(request: Request[Any, Any, Any]) -> Response[Any]:
         return await h.with_errors(ctx, request, h.ping, {})
 
     @route("/v2/{rest:path}", http_method=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
            request_max_body_size=max_body, include_in_schema=False)
-    async def v2(request: Request, rest: str) -> Response:  # type: ignore[type-arg]
+    async def v2(request: Request[Any, Any, Any], rest: FromPath[str]) -> Response[Any]:
         if rest in ("", "/"):
             return await h.with_errors(ctx, request, h.ping, {})
         spec, params = match(rest)
@@ -83,7 +83,7 @@ def build_routes(ctx: OciContext, max_body: int) -> list[HTTPRouteHandler]:
         if "name" in params:
             try:
                 check_name(params["name"])
-            except Exception as exc:  # noqa: BLE001 - rendered by with_errors
+            except Exception as exc:
                 return await h.with_errors(ctx, request, h.raise_(exc), params)
         return await h.with_errors(ctx, request, handler, params)
 

@@ -8,7 +8,7 @@ default. ``may_pull`` is what mount and catalog use to avoid leaking other repos
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from litestar import Request
 
@@ -26,7 +26,7 @@ class AccessControl(Protocol):
         """
         ...
 
-    def may_pull(self, request: Request, repository: str) -> bool:  # type: ignore[type-arg]
+    def may_pull(self, request: Request[Any, Any, Any], repository: str) -> bool:
         """True if the caller may read ``repository`` (for mount sources and catalog)."""
         ...
 
@@ -39,6 +39,6 @@ class OpenAccess:
         """Allow."""
         return
 
-    def may_pull(self, request: Request, repository: str) -> bool:  # type: ignore[type-arg]
+    def may_pull(self, request: Request[Any, Any, Any], repository: str) -> bool:
         """Allow."""
         return True
