@@ -83,9 +83,9 @@ async def check_schema(registry: Registry) -> None:
             f"{head}: run `dtr db upgrade` (with the same --config / DTR_DATABASE_URL)")
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the application for ``settings``."""
-    registry = build_registry(settings)
+def create_app(settings: Settings, storage: StorageDriver | None = None) -> Litestar:
+    """Build the application for ``settings`` (``storage`` overrides the configured driver)."""
+    registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
     ctx = OciContext(registry, OpenAccess(), settings.server.public_url,
                      settings.registry.chunk_min_bytes)
@@ -100,8 +100,7 @@ def create_app(settings: Settings) -> Litestar:
         await registry.store.sessions.kw["bind"].dispose()
 
     app = Litestar(route_handlers=build_routes(ctx, settings.registry.max_blob_bytes),
-                   on_startup=[startup], on_shutdown=[shutdown], openapi_config=None,
-                   logging_config=None)
+                   on_startup=[startup], on_shutdown=[shutdown], openapi_config=None)
     app.state.registry = registry
     return app
 

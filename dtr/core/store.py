@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -63,20 +63,19 @@ class Store:
         try:
             async with self.sessions() as session, session.begin():
                 yield session
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not \
-                    isinstance(exc, OperationalError):
-                raise
-            raise Unavailable("metadata database unavailable") from exc
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            _raise_unavailable(exc)
+            raise
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads (no explicit transaction; autobegin, rolled back at exit)."""
+        """A session for reads (no explicit transaction; rolled back at exit)."""
         try:
             async with self.sessions() as session:
                 yield session
-        except OperationalError as exc:
-            raise Unavailable("metadata database unavailable") from exc
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            _raise_unavailable(exc)
+            raise
 
     async def repo_id(self, session: AsyncSession, name: str) -> int:
         """The id of an existing repository.
@@ -101,6 +100,14 @@ class Store:
         rid = (await session.execute(
             select(Repository.id).where(Repository.name == name))).scalar_one()
         return int(rid)
+
+
+def _raise_unavailable(exc: BaseException) -> None:
+    """Raise ``Unavailable`` if ``exc`` means the database cannot be reached."""
+    if isinstance(exc, DBAPIError) and not (
+            isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+        return  # integrity and programming errors are bugs or races, not outages
+    raise Unavailable("metadata database unavailable") from exc
 
 
 @contextlib.contextmanager
