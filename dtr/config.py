@@ -37,7 +37,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """External base URL (``https://registry.example``) used in absolute links; empty =
     relative ``Location`` headers, which every client accepts."""
     data_dir: str = "./data"
-    """Folder for the embedded database, blobs and generated keys."""
+    """Folder for the embedded SQLite database and filesystem blobs."""
 
 
 class DatabaseSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,9 +106,6 @@ class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     """Most ``?tag=`` parameters on one manifest PUT (414 above)."""
     delete_enabled: bool = True
     """Allow DELETE of manifests, tags and blobs."""
-    upload_secret: str = ""
-    """HMAC key for upload-state tokens; every replica must share it. Empty = generated
-    once and kept in the data folder (fine for one host)."""
     chunk_min_bytes: int = 0
     """Advertised ``OCI-Chunk-Min-Length`` (0 = not sent)."""
     page_size: int = 1000

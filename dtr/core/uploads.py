@@ -143,7 +143,7 @@ class UploadService:
         if hasher is None and offset == 0:
             hasher = hashlib.sha256()
         limited = _Limited(chunks, self.store.limits.max_blob_bytes - offset, exact)
-        key = f"{paths.upload_segment_key(upload_id, offset)}-{secrets.token_hex(4)}"
+        key = paths.upload_segment_key(upload_id, offset, secrets.token_hex(4))
         with storage_guard():
             written = await self.store.storage.write(
                 key, limited, hasher.update if hasher is not None else None)

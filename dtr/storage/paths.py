@@ -8,8 +8,9 @@
     │                                                   written once, shared by every repo
     └── uploads/
         └── <upload id>/                                one folder per upload session
-            └── <offset, 20 digits>                     one segment per PATCH/PUT body,
-                                                        named by its start offset
+            └── <offset, 20 digits>-<nonce>             one segment per PATCH/PUT body,
+                                                        named by its start offset (the
+                                                        nonce keeps racing writers apart)
 
 Repositories never appear in keys: which repository may read a blob is a database row
 (a *link*), so a cross-repository mount is a row insert and GC is a database query.
@@ -33,11 +34,11 @@ def upload_prefix(upload_id: str) -> str:
     return f"{UPLOADS}/{upload_id}"
 
 
-def upload_segment_key(upload_id: str, offset: int) -> str:
-    """Key of the segment that starts at ``offset`` (sortable: 20 zero-padded digits)."""
-    return f"{UPLOADS}/{upload_id}/{offset:020d}"
+def upload_segment_key(upload_id: str, offset: int, nonce: str) -> str:
+    """Key of a segment that starts at ``offset`` (sortable: 20 zero-padded digits)."""
+    return f"{UPLOADS}/{upload_id}/{offset:020d}-{nonce}"
 
 
 def segment_offset(key: str) -> int:
     """Inverse of :func:`upload_segment_key`: the start offset of a segment key."""
-    return int(key.rsplit("/", 1)[1])
+    return int(key.rsplit("/", 1)[1].split("-", 1)[0])
