@@ -20,6 +20,7 @@ from dtr.core.registry import Registry
 from dtr.core.store import Limits, Store
 from dtr.db.engine import current_revision, make_engine, make_sessionmaker
 from dtr.db.migrate import head_revision
+from dtr.db.reads import make_fast_reads
 from dtr.storage.base import StorageDriver
 from dtr.storage.filesystem import FilesystemDriver
 
@@ -60,8 +61,9 @@ def build_registry(settings: Settings, storage: StorageDriver | None = None) -> 
     """Engine, store and core services (used by the app and by ``dtr gc``)."""
     engine = make_engine(settings.database_url, pool_size=settings.database.pool_size,
                          echo=settings.database.echo)
-    store = Store(make_sessionmaker(engine), storage or build_storage(settings), Hooks(),
-                  limits(settings))
+    reads = make_fast_reads(settings.database_url, settings.database.pool_size)
+    store = Store(make_sessionmaker(engine), storage or build_storage(settings), reads,
+                  Hooks(), limits(settings))
     s3 = settings.storage.s3
     redirect = s3.redirect_expiry_seconds if (settings.storage.backend == "s3"
                                               and s3.redirect) else None
@@ -97,6 +99,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
 
     async def shutdown() -> None:
         await registry.store.storage.close()
+        await registry.store.reads.close()
         await registry.store.sessions.kw["bind"].dispose()
 
     app = Litestar(route_handlers=build_routes(ctx, settings.registry.max_blob_bytes),

@@ -60,13 +60,7 @@ class BlobService:
             BlobUnknown: not linked (or repository unknown).
         """
         Digest.parse(digest)
-        async with self.store.read() as s:
-            size = (await s.execute(
-                select(Blob.size)
-                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
-                .join(Repository, Repository.id == RepositoryBlob.repository_id)
-                .where(Repository.name == repository, Blob.digest == digest,
-                       Blob.state == "present"))).scalar()
+        size = await self.store.reads.blob_size(repository, digest)
         if size is None:
             raise BlobUnknown(f"blob {digest} is not known to {repository}", {"digest": digest})
         return BlobInfo(digest, int(size))

@@ -16,7 +16,7 @@ from dtr.core.manifest import ParsedManifest, parse_manifest
 from dtr.core.reference import Digest, check_tag, digest_of, is_digest_reference
 from dtr.core.store import Store
 from dtr.db.base import utcnow
-from dtr.db.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag
+from dtr.db.models import Blob, Manifest, ManifestReference, RepositoryBlob, Tag
 from dtr.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -63,15 +63,7 @@ class ManifestService:
             Digest.parse(reference)
         else:
             check_tag(reference)
-        q = (select(Manifest.digest, Manifest.media_type, Manifest.content)
-             .join(Repository, Repository.id == Manifest.repository_id)
-             .where(Repository.name == repository))
-        if by_digest:
-            q = q.where(Manifest.digest == reference)
-        else:
-            q = q.join(Tag, Tag.manifest_id == Manifest.id).where(Tag.name == reference)
-        async with self.store.read() as s:
-            row = (await s.execute(q)).first()
+        row = await self.store.reads.manifest(repository, reference, by_digest)
         if row is None:
             raise ManifestUnknown(f"manifest {reference} is not known to {repository}",
                                   {"reference": reference})

@@ -18,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from dtr.core.hooks import Hooks
 from dtr.db.models import Repository
+from dtr.db.reads import FastReads
 from dtr.errors import DtrError, NameUnknown, Unavailable
 from dtr.storage.base import PathNotFound, StorageDriver, StorageError, WriteAborted
 
@@ -39,6 +40,7 @@ class Store:
 
     sessions: async_sessionmaker[AsyncSession]
     storage: StorageDriver
+    reads: FastReads
     hooks: Hooks = field(default_factory=Hooks)
     limits: Limits = field(default_factory=Limits)
 

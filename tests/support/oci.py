@@ -17,6 +17,11 @@ EMPTY_CONFIG = b"{}"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
+def with_query(location: str, query: str) -> str:
+    """Append ``query`` to an upload location that may already carry parameters."""
+    return f"{location}{'&' if '?' in location else '?'}{query}"
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -40,9 +45,9 @@ class OciClient:
                     "Content-Type": "application/octet-stream"})
                 assert r.status_code == 202, r.text
                 loc = r.headers["location"]
-            r = self.http.put(f"{loc}?digest={digest}")
+            r = self.http.put(with_query(loc, f"digest={digest}"))
         else:
-            r = self.http.put(f"{loc}?digest={digest}", content=data,
+            r = self.http.put(with_query(loc, f"digest={digest}"), content=data,
                               headers={"Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
         assert r.headers["docker-content-digest"] == digest

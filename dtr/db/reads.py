@@ -1,0 +1,170 @@
+"""The hot read path: the three lookups every pull makes (manifest by tag, manifest by
+digest, blob size), compiled once from the models and run on the bare driver.
+
+SQLAlchemy's async layer costs several hundred microseconds per query (a thread hop per
+call with aiosqlite; greenlet and pool bookkeeping with asyncpg), more than the query itself.
+These reads run on a plain ``sqlite3`` connection inline (WAL readers never wait for
+writers; a query takes microseconds) or on an ``asyncpg`` pool with prepared statements.
+Writes stay on SQLAlchemy sessions. Outages raise ``dtr.errors.Unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any, Protocol
+
+import asyncpg
+from sqlalchemy import select
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect, make_url
+
+from dtr.db.models import Blob, Manifest, Repository, RepositoryBlob, Tag
+from dtr.errors import Unavailable
+
+ManifestRow = tuple[str, str, bytes]
+
+
+def _manifest_by_tag() -> ClauseElement:
+    return (select(Manifest.digest, Manifest.media_type, Manifest.content)
+            .join(Tag, Tag.manifest_id == Manifest.id)
+            .join(Repository, Repository.id == Manifest.repository_id)
+            .where(Repository.name == "r", Tag.name == "t"))
+
+
+def _manifest_by_digest() -> ClauseElement:
+    return (select(Manifest.digest, Manifest.media_type, Manifest.content)
+            .join(Repository, Repository.id == Manifest.repository_id)
+            .where(Repository.name == "r", Manifest.digest == "d"))
+
+
+def _blob_size() -> ClauseElement:
+    return (select(Blob.size)
+            .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+            .join(Repository, Repository.id == RepositoryBlob.repository_id)
+            .where(Repository.name == "r", Blob.digest == "d", Blob.state == "present"))
+
+
+def _sql(stmt: ClauseElement, dialect: Dialect) -> str:
+    """The statement as SQL text in the dialect's positional parameter style."""
+    compiled = stmt.compile(dialect=dialect)
+    return str(compiled)
+
+
+class FastReads(Protocol):
+    """The pull-path lookups."""
+
+    async def manifest(self, repository: str, reference: str,
+                       by_digest: bool) -> ManifestRow | None:
+        """(digest, media type, bytes) of the manifest a tag or digest names, or None."""
+        ...
+
+    async def blob_size(self, repository: str, digest: str) -> int | None:
+        """Size of a blob linked in the repository and present, or None."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class SqliteReads:
+    """Reads on one ``sqlite3`` connection per process, run inline on the event loop."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        d = sqlite.dialect(paramstyle="qmark")
+        self._by_tag = _sql(_manifest_by_tag(), d)
+        self._by_digest = _sql(_manifest_by_digest(), d)
+        self._blob = _sql(_blob_size(), d)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=2,
+                                   isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            self._conn = conn
+        return self._conn
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        try:
+            return self._db().execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise Unavailable("metadata database unavailable") from exc
+
+    async def manifest(self, repository: str, reference: str,
+                       by_digest: bool) -> ManifestRow | None:
+        """See :class:`FastReads`."""
+        row = self._one(self._by_digest if by_digest else self._by_tag,
+                        (repository, reference))
+        return (row[0], row[1], bytes(row[2])) if row else None
+
+    async def blob_size(self, repository: str, digest: str) -> int | None:
+        """See :class:`FastReads`."""
+        row = self._one(self._blob, (repository, digest, "present"))
+        return int(row[0]) if row else None
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresReads:
+    """Reads on an ``asyncpg`` pool (statements are prepared once per connection)."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn, self.size = dsn, size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+        d = postgresql.dialect(paramstyle="numeric_dollar")
+        self._by_tag = _sql(_manifest_by_tag(), d)
+        self._by_digest = _sql(_manifest_by_digest(), d)
+        self._blob = _sql(_blob_size(), d)
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(  # type: ignore[no-untyped-call]
+                        self.dsn, min_size=1, max_size=self.size,
+                        max_inactive_connection_lifetime=60)
+        return self._pool
+
+    async def _one(self, sql: str, *args: Any) -> Any:
+        try:
+            pool = await self._get_pool()
+            return await pool.fetchrow(sql, *args)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, TimeoutError) as exc:
+            raise Unavailable("metadata database unavailable") from exc
+
+    async def manifest(self, repository: str, reference: str,
+                       by_digest: bool) -> ManifestRow | None:
+        """See :class:`FastReads`."""
+        row = await self._one(self._by_digest if by_digest else self._by_tag,
+                              repository, reference)
+        return (row[0], row[1], bytes(row[2])) if row else None
+
+    async def blob_size(self, repository: str, digest: str) -> int | None:
+        """See :class:`FastReads`."""
+        row = await self._one(self._blob, repository, digest, "present")
+        return int(row[0]) if row else None
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def make_fast_reads(url: str, pool_size: int = 10) -> FastReads:
+    """The fast read path for a SQLAlchemy URL (``sqlite+aiosqlite`` or ``postgresql+asyncpg``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return SqliteReads(parsed.database or ":memory:")
+    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PostgresReads(dsn, pool_size)
