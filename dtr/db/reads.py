@@ -120,7 +120,7 @@ class PostgresReads:
         self.dsn, self.size = dsn, size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        d = postgresql.dialect(paramstyle="numeric_dollar")
+        d = postgresql.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
         self._by_tag = _sql(_manifest_by_tag(), d)
         self._by_digest = _sql(_manifest_by_digest(), d)
         self._blob = _sql(_blob_size(), d)
@@ -129,7 +129,7 @@ class PostgresReads:
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(  # type: ignore[no-untyped-call]
+                    self._pool = await asyncpg.create_pool(
                         self.dsn, min_size=1, max_size=self.size,
                         max_inactive_connection_lifetime=60)
         return self._pool
