@@ -33,6 +33,19 @@ T = TypeVar("T")
 _TMP_PREFIX = ".tmp-"
 
 
+def _open_object(full: Path) -> BinaryIO:
+    """Open an object's file; a folder (a key prefix) is not an object."""
+    try:
+        return open(full, "rb")
+    except IsADirectoryError:
+        raise FileNotFoundError(2, "not an object", str(full)) from None
+
+
+def _read_object(full: Path) -> bytes:
+    with _open_object(full) as fh:
+        return fh.read()
+
+
 class FilesystemDriver:
     """A :class:`~dtr.storage.base.StorageDriver` over a local folder.
 
@@ -105,7 +118,7 @@ class FilesystemDriver:
         """See :meth:`StorageDriver.reader`."""
         full = self._full(path)
         try:
-            fh = await self._run(open, full, "rb")
+            fh: BinaryIO = await self._run(_open_object, full)
         except PathNotFound:
             raise PathNotFound(path) from None
         if offset:
@@ -191,7 +204,7 @@ class FilesystemDriver:
         """See :meth:`StorageDriver.get_bytes`."""
         full = self._full(path)
         try:
-            return await self._run(full.read_bytes)
+            return await self._run(_read_object, full)
         except PathNotFound:
             raise PathNotFound(path) from None
 
@@ -207,8 +220,12 @@ class FilesystemDriver:
             tmp = self._tmp_for(target)
             try:
                 with open(tmp, "wb") as out:
-                    for full in fulls:
-                        with open(full, "rb") as inp:
+                    for src, full in zip(sources, fulls, strict=True):
+                        try:
+                            inp = _open_object(full)
+                        except FileNotFoundError:  # deleted since the check above
+                            raise PathNotFound(src) from None
+                        with inp:
                             shutil.copyfileobj(inp, out, CHUNK)
                     size = out.tell()
                     self._commit(tmp, out, target)
@@ -238,7 +255,8 @@ class FilesystemDriver:
         full = self._full(path)
 
         def _delete() -> None:
-            with contextlib.suppress(FileNotFoundError):
+            # A folder is a key prefix, not an object: nothing to delete, as on S3.
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 full.unlink()
 
         await self._run(_delete)
@@ -250,13 +268,14 @@ class FilesystemDriver:
         def _delete() -> int:
             if not full.is_dir():
                 return 0
-            count = sum(1 for p in full.rglob("*") if p.is_file())
+            count = sum(1 for p in full.rglob("*")
+                        if p.is_file() and not p.name.startswith(_TMP_PREFIX))
             shutil.rmtree(full, ignore_errors=True)
             return count
 
         return await self._run(_delete)
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """See :meth:`StorageDriver.list`."""
         full = self._full(prefix)
 
@@ -282,6 +301,7 @@ class FilesystemDriver:
 
     async def presign_get(self, path: str, expires_seconds: int) -> str | None:
         """Filesystem objects have no URL of their own."""
+        check_path(path)
         return None
 
     def local_file(self, path: str) -> Path | None:

@@ -111,7 +111,7 @@ class MemoryDriver:
             del self._objects[key]
         return len(doomed)
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """See :meth:`StorageDriver.list`."""
         start = check_path(prefix) + "/"
         found = [ObjectInfo(key, len(data), mtime)
@@ -121,6 +121,7 @@ class MemoryDriver:
 
     async def presign_get(self, path: str, expires_seconds: int) -> str | None:
         """In-memory objects have no URL."""
+        check_path(path)
         return None
 
     async def close(self) -> None:
