@@ -145,8 +145,9 @@ class UploadService:
         limited = _Limited(chunks, self.store.limits.max_blob_bytes - offset, exact)
         key = paths.upload_segment_key(upload_id, offset, secrets.token_hex(4))
         with storage_guard():
+            # segments are scratch: commit (move/compose) makes the blob durable
             written = await self.store.storage.write(
-                key, limited, hasher.update if hasher is not None else None)
+                key, limited, hasher.update if hasher is not None else None, durable=False)
         if exact is not None and written != exact:
             await self.store.storage.delete(key)
             raise SizeInvalid(f"received {written} bytes, expected {exact}")

@@ -84,14 +84,16 @@ class StorageDriver(Protocol):
         ...
 
     async def write(self, path: str, chunks: AsyncIterable[bytes],
-                    observer: ChunkObserver | None = None) -> int:
+                    observer: ChunkObserver | None = None, *, durable: bool = True) -> int:
         """Store the bytes of ``chunks`` at ``path``, replacing any object there.
 
         Atomic: readers see either the old object or the whole new one, never a part.
         If ``chunks`` raises, or the backend fails, nothing is stored at ``path``, the
         partial data is discarded and the error propagates (``WriteAborted`` wraps a
         non-storage error from the source). ``observer`` sees every byte written, in order.
-        Durable when the driver is configured for it (fsync before rename).
+        ``durable`` (when the driver is configured for durability) makes the object survive
+        a crash once this returns; ``durable=False`` is for scratch objects (upload
+        segments) whose durability :meth:`move` and :meth:`compose` provide later.
 
         Returns:
             the number of bytes written.
@@ -111,7 +113,7 @@ class StorageDriver(Protocol):
         ...
 
     async def compose(self, sources: list[str], dest: str) -> int:
-        """Atomically make ``dest`` the concatenation of ``sources`` (in order).
+        """Atomically and durably make ``dest`` the concatenation of ``sources`` (in order).
 
         Sources are left in place (the caller deletes them). With one source this may be
         a copy or a server-side operation. ``dest`` may already exist and is replaced.
@@ -125,7 +127,9 @@ class StorageDriver(Protocol):
         ...
 
     async def move(self, src: str, dest: str) -> None:
-        """Atomically move ``src`` to ``dest``, replacing ``dest``.
+        """Atomically and durably move ``src`` to ``dest``, replacing ``dest``.
+
+        ``src`` may have been written with ``durable=False``; ``dest`` is durable after.
 
         Raises:
             PathNotFound: ``src`` is missing; ``dest`` is unchanged.

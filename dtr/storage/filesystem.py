@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import uuid
@@ -66,6 +67,24 @@ def _open_object(full: Path) -> BinaryIO:
         raise FileNotFoundError(2, "not an object", str(full)) from None
 
 
+def _copy_into(inp: BinaryIO, out: BinaryIO) -> None:
+    """Append all of ``inp`` to ``out``: in the kernel (``copy_file_range``) when the
+    filesystem allows, else through a buffer.
+    """
+    out.flush()
+    try:
+        while os.copy_file_range(inp.fileno(), out.fileno(), 64 * CHUNK):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        # resync the buffered objects with the descriptors, then copy the rest by hand
+        inp.seek(os.lseek(inp.fileno(), 0, os.SEEK_CUR))
+        out.seek(0, os.SEEK_END)
+        shutil.copyfileobj(inp, out, CHUNK)
+    out.seek(0, os.SEEK_END)
+
+
 def _read_object(full: Path) -> bytes:
     with _open_object(full) as fh:
         return fh.read()
@@ -108,14 +127,21 @@ class FilesystemDriver:
         full.parent.mkdir(parents=True, exist_ok=True)
         return full.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
 
-    def _commit(self, tmp: Path, fh: BinaryIO | None, full: Path) -> None:
+    def _commit(self, tmp: Path, fh: BinaryIO | None, full: Path, sync: bool) -> None:
+        """Flush (and fsync when ``sync``) ``tmp``, rename it to ``full``, fsync the folder."""
         if fh is not None:
-            if self.fsync:
-                fh.flush()
+            fh.flush()
+            if sync:
                 os.fsync(fh.fileno())
             fh.close()
+        elif sync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, full)
-        if self.fsync:
+        if sync:
             fd = os.open(full.parent, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -165,12 +191,12 @@ class FilesystemDriver:
             fh.close()
 
     async def write(self, path: str, chunks: AsyncIterable[bytes],
-                    observer: ChunkObserver | None = None) -> int:
+                    observer: ChunkObserver | None = None, *, durable: bool = True) -> int:
         """See :meth:`StorageDriver.write`."""
         full = self._full(path)
         tmp = await self._run(self._tmp_for, full)
         fh: BinaryIO = await self._run(open, tmp, "wb")
-
+        sync = self.fsync and durable
         kick = _START_WRITEBACK if self.fsync else None
         written = [0, 0]  # bytes written, bytes handed to writeback
 
@@ -189,7 +215,7 @@ class FilesystemDriver:
 
         try:
             total = await self._pump(chunks, _emit)
-            await self._run(self._commit, tmp, fh, full)
+            await self._run(self._commit, tmp, fh, full, sync)
         except BaseException:
             fh.close()
             with contextlib.suppress(OSError):
@@ -268,9 +294,9 @@ class FilesystemDriver:
                         except FileNotFoundError:  # deleted since the check above
                             raise PathNotFound(src) from None
                         with inp:
-                            shutil.copyfileobj(inp, out, CHUNK)
+                            _copy_into(inp, out)
                     size = out.tell()
-                    self._commit(tmp, out, target)
+                    self._commit(tmp, out, target, self.fsync)
             except BaseException:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -288,7 +314,7 @@ class FilesystemDriver:
             if not source.is_file():
                 raise PathNotFound(src)
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._commit(source, None, target)
+            self._commit(source, None, target, self.fsync)
 
         await self._run(_move)
 

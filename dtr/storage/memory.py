@@ -58,7 +58,7 @@ class MemoryDriver:
             yield bytes(view[pos:min(pos + CHUNK, end)])
 
     async def write(self, path: str, chunks: AsyncIterable[bytes],
-                    observer: ChunkObserver | None = None) -> int:
+                    observer: ChunkObserver | None = None, *, durable: bool = True) -> int:
         """See :meth:`StorageDriver.write`. The observer runs inline, not in a thread."""
         check_path(path)
         parts: list[bytes] = []

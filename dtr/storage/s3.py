@@ -167,7 +167,7 @@ class S3Driver:
         return _Body(self, path, response)
 
     async def write(self, path: str, chunks: AsyncIterable[bytes],
-                    observer: ChunkObserver | None = None) -> int:
+                    observer: ChunkObserver | None = None, *, durable: bool = True) -> int:
         """See :meth:`StorageDriver.write`.
 
         Parts are cut at chunk boundaries once ``part_size`` bytes have arrived; an object
