@@ -5,6 +5,7 @@ that imports every layer; nothing imports it but the CLI and the ASGI server.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 
@@ -26,6 +27,7 @@ from dtr.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("dtr")
 RESOLVED_ENV = "_DTR_RESOLVED_SETTINGS"
+_M_MMAP_THRESHOLD = -3
 
 
 class SchemaBehind(RuntimeError):
@@ -108,8 +110,22 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     return app
 
 
+def _release_big_buffers_to_os() -> None:
+    """Serve buffers of 1 MiB and more from mmap so freed upload parts go back to the OS.
+
+    glibc otherwise keeps freed 16 MiB S3 part buffers in its heap, and a worker's RSS stays
+    hundreds of MiB above idle after its first large upload (measured in the benchmark).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+
+
 def app_factory() -> Litestar:
     """ASGI factory for server workers: settings resolved by ``dtr serve`` or from env."""
+    _release_big_buffers_to_os()
     raw = os.environ.get(RESOLVED_ENV)
     settings = msgspec.json.decode(raw, type=Settings) if raw else load_settings()
     return create_app(settings)

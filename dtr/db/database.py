@@ -1,0 +1,124 @@
+"""``Database``: runs one transaction function against the metadata database.
+
+Core writes its transactions as plain functions of a synchronous SQLAlchemy ``Session``
+(``fn(session) -> result``); ``Database.run`` executes one such function as one transaction:
+
+* **SQLite** (embedded default): in a worker thread, on a synchronous ``sqlite3`` engine —
+  one thread hop per transaction instead of one per statement (aiosqlite), and the write
+  lock (``BEGIN IMMEDIATE``) is held only while the function runs, never across event-loop
+  turns, so concurrent pushes from several worker processes do not queue behind each other.
+* **PostgreSQL**: on the asyncpg engine through ``AsyncSession.run_sync`` (greenlet; no
+  threads).
+
+Failures that mean the database cannot be reached raise ``dtr.errors.Unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from dtr.db.engine import make_engine
+from dtr.errors import Unavailable
+
+T = TypeVar("T")
+TxFn = Callable[[Session], T]
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` means the database cannot be reached (not a bug or a conflict)."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def _sqlite_engine(path: str, begin: str, echo: bool) -> Engine:
+    engine = create_engine(f"sqlite+pysqlite:///{path}", echo=echo,
+                           connect_args={"timeout": 30, "check_same_thread": False},
+                           pool_size=16, max_overflow=16)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: DBAPIConnection, _rec: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    """The metadata database as core uses it.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite+aiosqlite:///…`` or ``postgresql+asyncpg://…``).
+        pool_size: connections per process (PostgreSQL).
+        echo: log SQL.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_postgres = parsed.get_backend_name() == "postgresql"
+        self.engine: AsyncEngine = make_engine(url, pool_size=pool_size, echo=echo)
+        self._async = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._threads: ThreadPoolExecutor | None = None
+        if not self.is_postgres:
+            path = parsed.database or ":memory:"
+            self._write = sessionmaker(_sqlite_engine(path, "BEGIN IMMEDIATE", echo),
+                                       expire_on_commit=False)
+            self._read = sessionmaker(_sqlite_engine(path, "BEGIN", echo),
+                                      expire_on_commit=False)
+            self._threads = ThreadPoolExecutor(16, thread_name_prefix="dtr-db")
+
+    async def run(self, fn: TxFn[T], *, write: bool = True) -> T:
+        """Run ``fn(session)`` as one transaction and return its result.
+
+        Committed when ``fn`` returns, rolled back when it raises (the exception
+        propagates). ``write=False`` marks a read-only transaction (on SQLite it does not
+        take the write lock).
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        try:
+            if self._threads is not None:
+                factory = self._write if write else self._read
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._threads, _in_thread, factory, fn)
+            async with self._async() as session, session.begin():
+                return await session.run_sync(fn)
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            if unavailable(exc):
+                raise Unavailable("metadata database unavailable") from exc
+            raise
+
+    async def close(self) -> None:
+        """Dispose of every engine and thread."""
+        await self.engine.dispose()
+        if self._threads is not None:
+            self._write.kw["bind"].dispose()
+            self._read.kw["bind"].dispose()
+            self._threads.shutdown(wait=False)
+
+
+def _in_thread(factory: sessionmaker[Session], fn: TxFn[T]) -> T:
+    with factory() as session, session.begin():
+        return fn(session)
