@@ -8,14 +8,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 
 from dtr.core.hooks import RegistryEvent
 from dtr.core.reference import Digest
 from dtr.core.store import Store, storage_guard
 from dtr.db.base import utcnow
 from dtr.db.models import Blob, Repository, RepositoryBlob
-from dtr.errors import BlobUnknown, Unavailable, Unsupported
+from dtr.errors import BlobUnknown, Unavailable, Unsupported, UploadInvalid
 from dtr.storage import paths
 from dtr.storage.base import PathNotFound
 
@@ -154,39 +154,99 @@ class BlobService:
     async def commit(self, repository: str, digest: str, size: int, parts: list[str]) -> None:
         """Make verified upload ``parts`` the blob ``digest`` and link it.
 
-        The blob row is claimed before the bytes move, and a row GC is deleting is waited
-        out, so a concurrent ``dtr gc`` can never delete bytes a new link points at.
+        The blob row is claimed before the bytes move, a row GC is deleting is waited out,
+        and the link is written only while the row is still ``present`` (GC claims only
+        unlinked rows), so a concurrent ``dtr gc`` can never delete bytes a new link
+        points at. A GC whose grace is shorter than the commit may still take the row
+        between claim and link: the claim is then retried, and the upload fails only if
+        the bytes GC deleted were already moved out of it.
+
+        Raises:
+            UploadInvalid: the upload's segments are gone (expired or collected).
+            Unavailable: GC kept taking the blob, or the storage failed.
         """
         key = blob_key(digest)
-        storage = self.store.storage
+        for _round in range(10):
+            inserted = await self._claim(digest, size)
+            try:
+                with storage_guard():
+                    # Bytes already at the key (another push's, or ours from a round GC
+                    # interrupted) are the same content: keep the upload's segments unused.
+                    if not await self._stored(key):
+                        await self._place(parts, key)
+            except Exception:
+                if inserted:
+                    await self._unclaim(digest)
+                raise
+            if await self._link_present(repository, digest):
+                return
+        raise Unavailable("blob is being garbage collected; retry")
+
+    async def _claim(self, digest: str, size: int) -> bool:
+        """Insert the blob row, or touch a ``present`` one; True if inserted.
+
+        Waits while GC holds the row in state ``deleting``.
+        """
         for _attempt in range(600):
             async with self.store.tx() as s:
-                row = (await s.execute(select(Blob).where(Blob.digest == digest)
-                                       .with_for_update())).scalar()
-                if row is not None and row.state == "deleting":
-                    need_bytes = None
-                elif row is None:
-                    s.add(Blob(digest=digest, size=size))
-                    need_bytes = True
-                else:
-                    row.last_linked_at = utcnow()
-                    need_bytes = False
-            if need_bytes is not None:
-                break
+                # Claim the row with INSERT … ON CONFLICT DO NOTHING: concurrent commits of
+                # the same digest (one layer pushed to several repositories at once) must
+                # not race a SELECT-then-INSERT into a unique violation.
+                now = utcnow()
+                claim = self.store.insert(Blob).values(  # type: ignore[attr-defined]
+                    digest=digest, size=size, state="present", created_at=now,
+                    last_linked_at=now)
+                res = await s.execute(claim.on_conflict_do_nothing(index_elements=["digest"]))
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    return True
+                # Touch only a present row: a row GC has claimed is waited out, never revived.
+                res = await s.execute(update(Blob).where(
+                    Blob.digest == digest, Blob.state == "present").values(last_linked_at=now))
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    return False
             await asyncio.sleep(0.05)
-        else:
-            raise Unavailable("blob is being garbage collected; retry")
-        with storage_guard():
-            if not need_bytes:
-                try:
-                    await storage.stat(key)
-                except PathNotFound:
-                    need_bytes = True
-            if need_bytes:
-                if len(parts) == 1:
-                    await storage.move(parts[0], key)
-                elif parts:
-                    await storage.compose(parts, key)
-                else:
-                    await storage.put_bytes(key, b"")
-        await self.link(repository, digest)
+        raise Unavailable("blob is being garbage collected; retry")
+
+    async def _stored(self, key: str) -> bool:
+        try:
+            await self.store.storage.stat(key)
+        except PathNotFound:
+            return False
+        return True
+
+    async def _place(self, parts: list[str], key: str) -> None:
+        """Move or compose the upload segments to the blob key."""
+        storage = self.store.storage
+        try:
+            if len(parts) == 1:
+                await storage.move(parts[0], key)
+            elif parts:
+                await storage.compose(parts, key)
+            else:
+                await storage.put_bytes(key, b"")
+        except PathNotFound:
+            raise UploadInvalid("upload data is missing; start again") from None
+
+    async def _unclaim(self, digest: str) -> None:
+        """Drop a row this commit inserted but could not give bytes (unless now linked)."""
+        async with self.store.tx() as s:
+            await s.execute(delete(Blob).where(
+                Blob.digest == digest, Blob.state == "present",
+                ~exists().where(RepositoryBlob.digest == Blob.digest)))
+
+    async def _link_present(self, repository: str, digest: str) -> bool:
+        """Link the blob if its row is still ``present``; False if GC took it meanwhile.
+
+        The row is updated first, so on SQLite the write lock, and on PostgreSQL the row
+        lock, keeps GC from claiming it before the link is in.
+        """
+        async with self.store.tx() as s:
+            res = await s.execute(update(Blob).where(
+                Blob.digest == digest, Blob.state == "present").values(last_linked_at=utcnow()))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            rid = await self.store.ensure_repo(s, repository)
+            stmt = self.store.insert(RepositoryBlob).values(  # type: ignore[attr-defined]
+                repository_id=rid, digest=digest)
+            await s.execute(stmt.on_conflict_do_nothing())
+        return True

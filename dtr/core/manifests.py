@@ -122,7 +122,9 @@ class ManifestService:
                 select(RepositoryBlob.digest)
                 .join(Blob, Blob.digest == RepositoryBlob.digest)
                 .where(RepositoryBlob.repository_id == rid, RepositoryBlob.digest.in_(blobs),
-                       Blob.state == "present"))).scalars())
+                       Blob.state == "present")
+                # FOR SHARE: gc must not remove these links before this manifest commits
+                .with_for_update(read=True, of=RepositoryBlob))).scalars())
             missing = [d for d in blobs if d not in found]
             if missing:
                 raise ManifestBlobUnknown(f"blob {missing[0]} is not in the repository",
@@ -139,8 +141,11 @@ class ManifestService:
 
     async def _upsert_manifest(self, s: AsyncSession, rid: int, digest: str,
                                parsed: ParsedManifest, body: bytes) -> int:
+        # Lock the row: a concurrent DELETE by digest must not remove it between this
+        # lookup and the tag insert that points at it (foreign-key violation otherwise).
         existing = (await s.execute(select(Manifest.id).where(
-            Manifest.repository_id == rid, Manifest.digest == digest))).scalar()
+            Manifest.repository_id == rid, Manifest.digest == digest)
+            .with_for_update())).scalar()
         if existing is not None:
             return int(existing)
         stmt = self.store.insert(Manifest).values(  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -61,9 +61,17 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction; database outages become ``Unavailable``."""
+        """A session inside one transaction; database outages become ``Unavailable``.
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE``: the driver otherwise
+        defers ``BEGIN`` to the first INSERT/UPDATE/DELETE, so the reads before it run
+        outside the transaction and ``FOR UPDATE`` is a no-op — another worker process
+        could change rows between a service's check and its write.
+        """
         try:
             async with self.sessions() as session, session.begin():
+                if not self.is_postgres:
+                    await session.execute(text("BEGIN IMMEDIATE"))
                 yield session
         except (DBAPIError, OSError, TimeoutError) as exc:
             _raise_unavailable(exc)
