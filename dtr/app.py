@@ -19,7 +19,8 @@ from dtr.config import Settings, load_settings
 from dtr.core.hooks import Hooks
 from dtr.core.registry import Registry
 from dtr.core.store import Limits, Store
-from dtr.db.engine import current_revision, make_engine, make_sessionmaker
+from dtr.db.database import Database
+from dtr.db.engine import current_revision
 from dtr.db.migrate import head_revision
 from dtr.db.reads import make_fast_reads
 from dtr.storage.base import StorageDriver
@@ -61,15 +62,21 @@ def limits(settings: Settings) -> Limits:
 
 def build_registry(settings: Settings, storage: StorageDriver | None = None) -> Registry:
     """Engine, store and core services (used by the app and by ``dtr gc``)."""
-    engine = make_engine(settings.database_url, pool_size=settings.database.pool_size,
-                         echo=settings.database.echo)
+    db = Database(settings.database_url, pool_size=settings.database.pool_size,
+                  echo=settings.database.echo)
     reads = make_fast_reads(settings.database_url, settings.database.pool_size)
-    store = Store(make_sessionmaker(engine), storage or build_storage(settings), reads,
-                  Hooks(), limits(settings))
+    store = Store(db, storage or build_storage(settings), reads, Hooks(), limits(settings))
     s3 = settings.storage.s3
     redirect = s3.redirect_expiry_seconds if (settings.storage.backend == "s3"
                                               and s3.redirect) else None
     return Registry(store, redirect_expiry=redirect)
+
+
+async def close_registry(registry: Registry) -> None:
+    """Release the registry's connections, threads and storage clients."""
+    await registry.store.storage.close()
+    await registry.store.reads.close()
+    await registry.store.db.close()
 
 
 async def check_schema(registry: Registry) -> None:
@@ -78,8 +85,7 @@ async def check_schema(registry: Registry) -> None:
     Raises:
         SchemaBehind: with the command that fixes it.
     """
-    bind = registry.store.sessions.kw["bind"]
-    current = await current_revision(bind)
+    current = await current_revision(registry.store.db.engine)
     head = head_revision()
     if current != head:
         raise SchemaBehind(
@@ -100,9 +106,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
             await ensure()
 
     async def shutdown() -> None:
-        await registry.store.storage.close()
-        await registry.store.reads.close()
-        await registry.store.sessions.kw["bind"].dispose()
+        await close_registry(registry)
 
     app = Litestar(route_handlers=build_routes(ctx, settings.registry.max_blob_bytes),
                    on_startup=[startup], on_shutdown=[shutdown], openapi_config=None)

@@ -73,14 +73,13 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
 
 
 async def _check(settings: Settings) -> None:
-    from dtr.app import build_registry, check_schema  # noqa: PLC0415
+    from dtr.app import build_registry, check_schema, close_registry  # noqa: PLC0415
 
     registry = build_registry(settings)
     try:
         await check_schema(registry)
     finally:
-        await registry.store.sessions.kw["bind"].dispose()
-        await registry.store.storage.close()
+        await close_registry(registry)
 
 
 @main.group()
@@ -167,7 +166,7 @@ def config_verify(config: str | None) -> None:
 def gc(config: str | None, dry_run: bool, upload_max_age: int | None,
        blob_grace: int | None) -> None:
     """Remove abandoned uploads and blobs no manifest references (safe while serving)."""
-    from dtr.app import build_registry, check_schema  # noqa: PLC0415
+    from dtr.app import build_registry, check_schema, close_registry  # noqa: PLC0415
     from dtr.core.gc import GarbageCollector  # noqa: PLC0415
 
     settings = _settings(config)
@@ -185,7 +184,6 @@ def gc(config: str | None, dry_run: bool, upload_max_age: int | None,
                                          progress=lambda msg: click.echo(msg, err=True))
             click.echo(report.summary())
         finally:
-            await registry.store.sessions.kw["bind"].dispose()
-            await registry.store.storage.close()
+            await close_registry(registry)
 
     asyncio.run(_run())

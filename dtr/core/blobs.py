@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, select, update
+from sqlalchemy.orm import Session
 
 from dtr.core.hooks import RegistryEvent
 from dtr.core.reference import Digest
-from dtr.core.store import Store, storage_guard
+from dtr.core.store import Store, ensure_repo, insert_for, repo_id, storage_guard
 from dtr.db.base import utcnow
-from dtr.db.models import Blob, Repository, RepositoryBlob
+from dtr.db.models import Blob, Repository, RepositoryBlob, Upload
 from dtr.errors import BlobUnknown, Unavailable, Unsupported, UploadInvalid
 from dtr.storage import paths
 from dtr.storage.base import PathNotFound
@@ -94,15 +95,12 @@ class BlobService:
             raise BlobUnknown(f"blob {digest} content is missing", {"digest": digest}) from None
         return BlobContent(digest, info.size, start, length, chunks)
 
-    async def link(self, repository: str, digest: str) -> None:
-        """Link a present blob into the repository (creating it); no-op if linked."""
-        async with self.store.tx() as s:
-            rid = await self.store.ensure_repo(s, repository)
-            stmt = self.store.insert(RepositoryBlob).values(  # type: ignore[attr-defined]
-                repository_id=rid, digest=digest)
-            await s.execute(stmt.on_conflict_do_nothing())
-            await s.execute(update(Blob).where(Blob.digest == digest)
-                            .values(last_linked_at=utcnow()))
+    async def link(self, repository: str, digest: str) -> bool:
+        """Link a present blob into the repository (creating it); True if linked.
+
+        False when the blob is unknown or being garbage collected.
+        """
+        return await self.store.run(lambda s: _link_present(s, repository, digest, None))
 
     async def mount(self, repository: str, digest: str,
                     sources: list[str] | None, may_read: Callable[[str], bool]) -> bool:
@@ -113,24 +111,27 @@ class BlobService:
         (never raises for an impossible mount) when no readable source links the blob.
         """
         Digest.parse(digest)
-        async with self.store.tx() as s:
+
+        def holders(s: Session) -> list[str]:
             q = (select(Repository.name)
                  .join(RepositoryBlob, RepositoryBlob.repository_id == Repository.id)
                  .join(Blob, Blob.digest == RepositoryBlob.digest)
                  .where(RepositoryBlob.digest == digest, Blob.state == "present"))
             if sources is not None:
                 q = q.where(Repository.name.in_(sources))
-            names = [n for (n,) in (await s.execute(q.limit(200))).all()]
-            if not any(may_read(n) for n in names):
+            return [n for (n,) in s.execute(q.limit(200)).all()]
+
+        names = await self.store.run(holders, write=False)
+        if not any(may_read(n) for n in names):
+            return False
+
+        def link(s: Session) -> bool:
+            if not _link_present(s, repository, digest, None):
                 return False
-            rid = await self.store.ensure_repo(s, repository)
-            stmt = self.store.insert(RepositoryBlob).values(  # type: ignore[attr-defined]
-                repository_id=rid, digest=digest)
-            await s.execute(stmt.on_conflict_do_nothing())
-            await s.execute(update(Blob).where(Blob.digest == digest)
-                            .values(last_linked_at=utcnow()))
-            await self.store.hooks.emit(s, RegistryEvent("blob.mounted", repository, digest))
-        return True
+            self.store.hooks.emit(s, RegistryEvent("blob.mounted", repository, digest))
+            return True
+
+        return await self.store.run(link)
 
     async def unlink(self, repository: str, digest: str) -> None:
         """Remove the blob from the repository (the bytes go at the next GC).
@@ -142,24 +143,29 @@ class BlobService:
         if not self.store.limits.delete_enabled:
             raise Unsupported("deletes are disabled on this registry")
         Digest.parse(digest)
-        async with self.store.tx() as s:
-            rid = await self.store.repo_id(s, repository)
-            res = await s.execute(delete(RepositoryBlob).where(
+
+        def unlink(s: Session) -> None:
+            rid = repo_id(s, repository)
+            res = s.execute(delete(RepositoryBlob).where(
                 RepositoryBlob.repository_id == rid, RepositoryBlob.digest == digest))
             if not res.rowcount:  # type: ignore[attr-defined]
                 raise BlobUnknown(f"blob {digest} is not known to {repository}",
                                   {"digest": digest})
-            await self.store.hooks.emit(s, RegistryEvent("blob.deleted", repository, digest))
+            self.store.hooks.emit(s, RegistryEvent("blob.deleted", repository, digest))
 
-    async def commit(self, repository: str, digest: str, size: int, parts: list[str]) -> None:
-        """Make verified upload ``parts`` the blob ``digest`` and link it.
+        await self.store.run(unlink)
+
+    async def commit(self, repository: str, digest: str, size: int, parts: list[str],
+                     upload_id: str | None = None) -> None:
+        """Make verified upload ``parts`` the blob ``digest``, link it, end the upload.
 
         The blob row is claimed before the bytes move, a row GC is deleting is waited out,
         and the link is written only while the row is still ``present`` (GC claims only
         unlinked rows), so a concurrent ``dtr gc`` can never delete bytes a new link
         points at. A GC whose grace is shorter than the commit may still take the row
         between claim and link: the claim is then retried, and the upload fails only if
-        the bytes GC deleted were already moved out of it.
+        the bytes GC deleted were already moved out of it. The upload row (``upload_id``)
+        is deleted in the transaction that writes the link.
 
         Raises:
             UploadInvalid: the upload's segments are gone (expired or collected).
@@ -176,9 +182,10 @@ class BlobService:
                         await self._place(parts, key)
             except Exception:
                 if inserted:
-                    await self._unclaim(digest)
+                    await self.store.run(lambda s: _unclaim(s, digest))
                 raise
-            if await self._link_present(repository, digest):
+            if await self.store.run(
+                    lambda s: _link_present(s, repository, digest, upload_id)):
                 return
         raise Unavailable("blob is being garbage collected; retry")
 
@@ -188,22 +195,9 @@ class BlobService:
         Waits while GC holds the row in state ``deleting``.
         """
         for _attempt in range(600):
-            async with self.store.tx() as s:
-                # Claim the row with INSERT … ON CONFLICT DO NOTHING: concurrent commits of
-                # the same digest (one layer pushed to several repositories at once) must
-                # not race a SELECT-then-INSERT into a unique violation.
-                now = utcnow()
-                claim = self.store.insert(Blob).values(  # type: ignore[attr-defined]
-                    digest=digest, size=size, state="present", created_at=now,
-                    last_linked_at=now)
-                res = await s.execute(claim.on_conflict_do_nothing(index_elements=["digest"]))
-                if res.rowcount == 1:  # type: ignore[attr-defined]
-                    return True
-                # Touch only a present row: a row GC has claimed is waited out, never revived.
-                res = await s.execute(update(Blob).where(
-                    Blob.digest == digest, Blob.state == "present").values(last_linked_at=now))
-                if res.rowcount == 1:  # type: ignore[attr-defined]
-                    return False
+            claimed = await self.store.run(lambda s: _claim(s, digest, size))
+            if claimed is not None:
+                return claimed
             await asyncio.sleep(0.05)
         raise Unavailable("blob is being garbage collected; retry")
 
@@ -227,26 +221,44 @@ class BlobService:
         except PathNotFound:
             raise UploadInvalid("upload data is missing; start again") from None
 
-    async def _unclaim(self, digest: str) -> None:
-        """Drop a row this commit inserted but could not give bytes (unless now linked)."""
-        async with self.store.tx() as s:
-            await s.execute(delete(Blob).where(
-                Blob.digest == digest, Blob.state == "present",
-                ~exists().where(RepositoryBlob.digest == Blob.digest)))
 
-    async def _link_present(self, repository: str, digest: str) -> bool:
-        """Link the blob if its row is still ``present``; False if GC took it meanwhile.
+def _claim(s: Session, digest: str, size: int) -> bool | None:
+    """Insert the blob row (True), touch a ``present`` one (False), or None while GC
+    holds it in state ``deleting``.
 
-        The row is updated first, so on SQLite the write lock, and on PostgreSQL the row
-        lock, keeps GC from claiming it before the link is in.
-        """
-        async with self.store.tx() as s:
-            res = await s.execute(update(Blob).where(
-                Blob.digest == digest, Blob.state == "present").values(last_linked_at=utcnow()))
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                return False
-            rid = await self.store.ensure_repo(s, repository)
-            stmt = self.store.insert(RepositoryBlob).values(  # type: ignore[attr-defined]
-                repository_id=rid, digest=digest)
-            await s.execute(stmt.on_conflict_do_nothing())
+    INSERT … ON CONFLICT DO NOTHING: concurrent commits of the same digest (one layer
+    pushed to several repositories at once) must not race a SELECT-then-INSERT into a
+    unique violation. A row GC has claimed is waited out, never revived.
+    """
+    now = utcnow()
+    claim = insert_for(s, Blob).values(digest=digest, size=size, state="present",
+                                       created_at=now, last_linked_at=now)
+    if s.execute(claim.on_conflict_do_nothing(index_elements=["digest"])).rowcount == 1:  # type: ignore[attr-defined]
         return True
+    res = s.execute(update(Blob).where(Blob.digest == digest, Blob.state == "present")
+                    .values(last_linked_at=now))
+    return False if res.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def _unclaim(s: Session, digest: str) -> None:
+    """Drop a row a commit inserted but could not give bytes (unless now linked)."""
+    s.execute(delete(Blob).where(Blob.digest == digest, Blob.state == "present",
+                                 ~exists().where(RepositoryBlob.digest == Blob.digest)))
+
+
+def _link_present(s: Session, repository: str, digest: str, upload_id: str | None) -> bool:
+    """Link the blob if its row is still ``present``; False if GC took it meanwhile.
+
+    The row is updated first, so on SQLite the write lock, and on PostgreSQL the row
+    lock, keeps GC from claiming it before the link is in. Ends ``upload_id`` if given.
+    """
+    res = s.execute(update(Blob).where(Blob.digest == digest, Blob.state == "present")
+                    .values(last_linked_at=utcnow()))
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    rid = ensure_repo(s, repository)
+    s.execute(insert_for(s, RepositoryBlob).values(repository_id=rid, digest=digest)
+              .on_conflict_do_nothing())
+    if upload_id is not None:
+        s.execute(delete(Upload).where(Upload.id == upload_id))
+    return True

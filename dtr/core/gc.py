@@ -379,7 +379,7 @@ class _Sweep:
         """
         now = utcnow()
         async with self.store.tx() as s:
-            stmt = self.store.insert(Blob).values(  # type: ignore[attr-defined]
+            stmt = self.store.insert(Blob).values(
                 digest=digest, size=size, state="deleting", created_at=now, last_linked_at=now)
             res = await s.execute(stmt.on_conflict_do_nothing(index_elements=["digest"]))
             if not _rowcount(res):

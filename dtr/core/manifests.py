@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from dtr.core.hooks import RegistryEvent, TagWrite
 from dtr.core.manifest import ParsedManifest, parse_manifest
 from dtr.core.reference import Digest, check_tag, digest_of, is_digest_reference
-from dtr.core.store import Store
+from dtr.core.store import Store, ensure_repo, insert_for, repo_id
 from dtr.db.base import utcnow
 from dtr.db.models import Blob, Manifest, ManifestReference, RepositoryBlob, Tag
 from dtr.errors import (
@@ -23,6 +23,7 @@ from dtr.errors import (
     ManifestTooLarge,
     ManifestUnknown,
     TooManyTags,
+    Unavailable,
     Unsupported,
 )
 
@@ -98,84 +99,24 @@ class ManifestService:
             digest = str(digest_of(body))
         parsed = parse_manifest(body, content_type)
         tags = list(dict.fromkeys(tags))
-        async with self.store.tx() as s:
-            rid = await self.store.ensure_repo(s, repository)
-            await self._check_references(s, rid, parsed)
-            mid = await self._upsert_manifest(s, rid, digest, parsed, body)
-            await self.store.hooks.emit(s, RegistryEvent(
-                "manifest.pushed", repository, digest,
-                detail={"media_type": parsed.media_type, "size": len(body)}))
+        subject = str(parsed.subject.digest) if parsed.subject else None
+        hooks = self.store.hooks
+
+        def put(s: Session) -> None:
+            rid = ensure_repo(s, repository)
+            _check_references(s, rid, parsed)
+            mid = _upsert_manifest(s, rid, digest, parsed, body)
+            hooks.emit(s, RegistryEvent("manifest.pushed", repository, digest,
+                                        detail={"media_type": parsed.media_type,
+                                                "size": len(body)}))
             for tag in tags:
-                await self.store.hooks.gate.check_tag_write(s, TagWrite(
-                    repository, tag, digest, parsed.media_type, parsed.artifact_type,
-                    str(parsed.subject.digest) if parsed.subject else None))
-                await self._write_tag(s, rid, tag, mid)
-                await self.store.hooks.emit(s, RegistryEvent("tag.written", repository,
-                                                             digest, tag))
+                hooks.gate.check_tag_write(s, TagWrite(
+                    repository, tag, digest, parsed.media_type, parsed.artifact_type, subject))
+                _write_tag(s, rid, tag, mid)
+                hooks.emit(s, RegistryEvent("tag.written", repository, digest, tag))
+
+        await self.store.run(put)
         return PutResult(digest, tags, str(parsed.subject.digest) if parsed.subject else None)
-
-    async def _check_references(self, s: AsyncSession, rid: int,
-                                parsed: ParsedManifest) -> None:
-        blobs = sorted({str(d) for d in parsed.blobs})
-        if blobs:
-            found = set((await s.execute(
-                select(RepositoryBlob.digest)
-                .join(Blob, Blob.digest == RepositoryBlob.digest)
-                .where(RepositoryBlob.repository_id == rid, RepositoryBlob.digest.in_(blobs),
-                       Blob.state == "present")
-                # FOR SHARE: gc must not remove these links before this manifest commits
-                .with_for_update(read=True, of=RepositoryBlob))).scalars())
-            missing = [d for d in blobs if d not in found]
-            if missing:
-                raise ManifestBlobUnknown(f"blob {missing[0]} is not in the repository",
-                                          {"digest": missing[0]})
-        children = sorted({str(d) for d in parsed.manifests})
-        if children:
-            found = set((await s.execute(
-                select(Manifest.digest).where(Manifest.repository_id == rid,
-                                              Manifest.digest.in_(children)))).scalars())
-            missing = [d for d in children if d not in found]
-            if missing:
-                raise ManifestBlobUnknown(f"manifest {missing[0]} is not in the repository",
-                                          {"digest": missing[0]})
-
-    async def _upsert_manifest(self, s: AsyncSession, rid: int, digest: str,
-                               parsed: ParsedManifest, body: bytes) -> int:
-        # Lock the row: a concurrent DELETE by digest must not remove it between this
-        # lookup and the tag insert that points at it (foreign-key violation otherwise).
-        existing = (await s.execute(select(Manifest.id).where(
-            Manifest.repository_id == rid, Manifest.digest == digest)
-            .with_for_update())).scalar()
-        if existing is not None:
-            return int(existing)
-        stmt = self.store.insert(Manifest).values(  # type: ignore[attr-defined]
-            repository_id=rid, digest=digest, media_type=parsed.media_type, size=len(body),
-            content=body, artifact_type=parsed.artifact_type,
-            subject_digest=str(parsed.subject.digest) if parsed.subject else None,
-            created_at=utcnow())
-        await s.execute(stmt.on_conflict_do_nothing(index_elements=["repository_id", "digest"]))
-        mid = int((await s.execute(select(Manifest.id).where(
-            Manifest.repository_id == rid, Manifest.digest == digest))).scalar_one())
-        refs = {(str(d), "blob") for d in parsed.blobs}
-        refs |= {(str(d), "manifest") for d in parsed.manifests}
-        if refs:
-            ins = self.store.insert(ManifestReference).values(  # type: ignore[attr-defined]
-                [{"manifest_id": mid, "digest": d, "kind": k} for d, k in sorted(refs)])
-            await s.execute(ins.on_conflict_do_nothing())
-        return mid
-
-    async def _write_tag(self, s: AsyncSession, rid: int, tag: str, mid: int) -> None:
-        row = (await s.execute(select(Tag).where(Tag.repository_id == rid, Tag.name == tag)
-                               .with_for_update())).scalar()
-        if row is None:
-            stmt = self.store.insert(Tag).values(  # type: ignore[attr-defined]
-                repository_id=rid, name=tag, manifest_id=mid, updated_at=utcnow())
-            await s.execute(stmt.on_conflict_do_update(
-                index_elements=["repository_id", "name"],
-                set_={"manifest_id": mid, "updated_at": utcnow()}))
-        else:
-            row.manifest_id = mid
-            row.updated_at = utcnow()
 
     async def delete(self, repository: str, reference: str) -> None:
         """Delete a tag, or a manifest by digest together with every tag pointing at it.
@@ -191,31 +132,108 @@ class ManifestService:
             Digest.parse(reference)
         else:
             check_tag(reference)
-        async with self.store.tx() as s:
-            rid = await self.store.repo_id(s, repository)
+        hooks = self.store.hooks
+
+        def delete_(s: Session) -> None:
+            rid = repo_id(s, repository)
             if by_digest:
-                mid = (await s.execute(select(Manifest.id).where(
-                    Manifest.repository_id == rid, Manifest.digest == reference))).scalar()
+                # Lock the manifest row before its tags, the order a push takes them in
+                # (manifest, then tag): the opposite order deadlocks against a push.
+                mid = s.execute(select(Manifest.id).where(
+                    Manifest.repository_id == rid, Manifest.digest == reference)
+                    .with_for_update()).scalar()
                 if mid is None:
                     raise ManifestUnknown(f"manifest {reference} is not known",
                                           {"reference": reference})
-                await s.execute(delete(Tag).where(Tag.manifest_id == mid))
-                await s.execute(delete(ManifestReference)
-                                .where(ManifestReference.manifest_id == mid))
-                await s.execute(delete(Manifest).where(Manifest.id == mid))
-                await self.store.hooks.emit(s, RegistryEvent("manifest.deleted", repository,
-                                                             reference))
+                s.execute(delete(Tag).where(Tag.manifest_id == mid))
+                s.execute(delete(ManifestReference).where(ManifestReference.manifest_id == mid))
+                s.execute(delete(Manifest).where(Manifest.id == mid))
+                hooks.emit(s, RegistryEvent("manifest.deleted", repository, reference))
             else:
-                res = await s.execute(delete(Tag).where(Tag.repository_id == rid,
-                                                        Tag.name == reference))
+                res = s.execute(delete(Tag).where(Tag.repository_id == rid,
+                                                  Tag.name == reference))
                 if not res.rowcount:  # type: ignore[attr-defined]
                     raise ManifestUnknown(f"tag {reference} is not known",
                                           {"reference": reference})
-                await self.store.hooks.emit(s, RegistryEvent("tag.deleted", repository,
-                                                             tag=reference))
+                hooks.emit(s, RegistryEvent("tag.deleted", repository, tag=reference))
+
+        await self.store.run(delete_)
 
     async def count(self) -> int:
         """Number of stored manifests (all repositories)."""
-        async with self.store.read() as s:
-            return int((await s.execute(select(func.count()).select_from(Manifest)))
-                       .scalar_one())
+        return await self.store.run(
+            lambda s: int(s.execute(select(func.count()).select_from(Manifest)).scalar_one()),
+            write=False)
+
+
+def _check_references(s: Session, rid: int, parsed: ParsedManifest) -> None:
+    """Every referenced blob and child manifest must be in the repository.
+
+    Raises:
+        ManifestBlobUnknown: the first missing one.
+    """
+    blobs = sorted({str(d) for d in parsed.blobs})
+    if blobs:
+        found = set((s.execute(
+            select(RepositoryBlob.digest)
+            .join(Blob, Blob.digest == RepositoryBlob.digest)
+            .where(RepositoryBlob.repository_id == rid, RepositoryBlob.digest.in_(blobs),
+                   Blob.state == "present")
+            # FOR SHARE: gc must not remove these links before this manifest commits
+            .with_for_update(read=True, of=RepositoryBlob))).scalars())
+        missing = [d for d in blobs if d not in found]
+        if missing:
+            raise ManifestBlobUnknown(f"blob {missing[0]} is not in the repository",
+                                      {"digest": missing[0]})
+    children = sorted({str(d) for d in parsed.manifests})
+    if children:
+        found = set((s.execute(
+            select(Manifest.digest).where(Manifest.repository_id == rid,
+                                          Manifest.digest.in_(children)))).scalars())
+        missing = [d for d in children if d not in found]
+        if missing:
+            raise ManifestBlobUnknown(f"manifest {missing[0]} is not in the repository",
+                                      {"digest": missing[0]})
+
+
+def _upsert_manifest(s: Session, rid: int, digest: str, parsed: ParsedManifest,
+                     body: bytes) -> int:
+    """The id of the manifest row, inserted with its reference edges if new."""
+    # Lock the row: a concurrent DELETE by digest must not remove it between this
+    # lookup and the tag insert that points at it (foreign-key violation otherwise).
+    lookup = (select(Manifest.id)
+              .where(Manifest.repository_id == rid, Manifest.digest == digest)
+              .with_for_update())
+    stmt = (insert_for(s, Manifest).values(
+        repository_id=rid, digest=digest, media_type=parsed.media_type, size=len(body),
+        content=body, artifact_type=parsed.artifact_type,
+        subject_digest=str(parsed.subject.digest) if parsed.subject else None,
+        created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+        .returning(Manifest.id))
+    for _attempt in range(10):
+        existing = s.execute(lookup).scalar()
+        if existing is not None:
+            return int(existing)
+        mid = s.execute(stmt).scalar()
+        if mid is None:
+            # PostgreSQL: a concurrent push inserted the row first (and a concurrent
+            # delete may have removed it again since): look it up again, locked.
+            continue
+        refs = {(str(d), "blob") for d in parsed.blobs}
+        refs |= {(str(d), "manifest") for d in parsed.manifests}
+        if refs:
+            ins = insert_for(s, ManifestReference).values(
+                [{"manifest_id": mid, "digest": d, "kind": k} for d, k in sorted(refs)])
+            s.execute(ins.on_conflict_do_nothing())
+        return int(mid)
+    raise Unavailable("the manifest is being pushed and deleted concurrently; retry")
+
+
+def _write_tag(s: Session, rid: int, tag: str, mid: int) -> None:
+    """Point ``tag`` at manifest ``mid`` (insert or move)."""
+    now = utcnow()
+    s.execute(insert_for(s, Tag).values(repository_id=rid, name=tag, manifest_id=mid,
+                                        updated_at=now)
+              .on_conflict_do_update(index_elements=["repository_id", "name"],
+                                     set_={"manifest_id": mid, "updated_at": now}))

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dtr.core import mediatypes as mt
 from dtr.core.manifest import index_descriptors
@@ -30,19 +31,22 @@ class ReferrersService:
             DigestInvalid: malformed subject digest.
         """
         digest = Digest.parse(subject)
-        async with self.store.read() as s:
-            rows = (await s.execute(
+        def load(s: Session) -> tuple[list[Any], Any]:
+            rows = s.execute(
                 select(Manifest.digest, Manifest.media_type, Manifest.size,
                        Manifest.artifact_type, Manifest.content)
                 .join(Repository, Repository.id == Manifest.repository_id)
                 .where(Repository.name == repository, Manifest.subject_digest == subject)
-                .order_by(Manifest.created_at, Manifest.id))).all()
-            fallback = (await s.execute(
+                .order_by(Manifest.created_at, Manifest.id)).all()
+            fallback = s.execute(
                 select(Manifest.content, Manifest.media_type)
                 .join(Tag, Tag.manifest_id == Manifest.id)
                 .join(Repository, Repository.id == Manifest.repository_id)
                 .where(Repository.name == repository,
-                       Tag.name == referrers_tag(digest)))).first()
+                       Tag.name == referrers_tag(digest))).first()
+            return list(rows), fallback
+
+        rows, fallback = await self.store.run(load, write=False)
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         for dgst, media_type, size, atype, content in rows:

@@ -1,6 +1,10 @@
-"""What every core service shares: the session factory, the storage driver, the hooks and
-the limits; plus the two guards that turn database and storage failures into
-``Unavailable`` and the repository lookups every service needs.
+"""What every core service shares: the database, the storage driver, the fast read path,
+the hooks and the limits; the guard that turns storage failures into ``Unavailable``; and
+the repository lookups every transaction needs.
+
+Hot paths (push, pull) run their transactions as plain functions of a synchronous
+``Session`` through :meth:`Store.run` (one thread hop per transaction on SQLite). Scans
+(``dtr gc``) use the async sessions of :meth:`Store.tx` / :meth:`Store.read`.
 """
 
 from __future__ import annotations
@@ -8,19 +12,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dtr.core.hooks import Hooks
+from dtr.db.database import Database, TxFn, unavailable
 from dtr.db.models import Repository
 from dtr.db.reads import FastReads
 from dtr.errors import DtrError, NameUnknown, Unavailable
 from dtr.storage.base import PathNotFound, StorageDriver, StorageError, WriteAborted
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +46,7 @@ class Limits:
 class Store:
     """Shared dependencies of the core services (built by the composition root)."""
 
-    sessions: async_sessionmaker[AsyncSession]
+    db: Database
     storage: StorageDriver
     reads: FastReads
     hooks: Hooks = field(default_factory=Hooks)
@@ -47,10 +55,18 @@ class Store:
     @property
     def is_postgres(self) -> bool:
         """True when the metadata database is PostgreSQL."""
-        bind = self.sessions.kw.get("bind")
-        return bool(bind is not None and bind.dialect.name == "postgresql")
+        return self.db.is_postgres
 
-    def insert(self, table: type) -> object:
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """Async sessions (scans and tests; hot paths use :meth:`run`)."""
+        return self.db.async_sessions
+
+    async def run(self, fn: TxFn[T], *, write: bool = True) -> T:
+        """Run ``fn(session)`` as one transaction (see ``Database.run``)."""
+        return await self.db.run(fn, write=write)
+
+    def insert(self, table: type) -> Any:
         """A dialect-specific INSERT that supports ``on_conflict_do_nothing``."""
         return (pg_insert if self.is_postgres else sqlite_insert)(table)
 
@@ -61,7 +77,7 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction; database outages become ``Unavailable``.
+        """An async session inside one write transaction; outages become ``Unavailable``.
 
         On SQLite the transaction starts with ``BEGIN IMMEDIATE``: the driver otherwise
         defers ``BEGIN`` to the first INSERT/UPDATE/DELETE, so the reads before it run
@@ -74,50 +90,65 @@ class Store:
                     await session.execute(text("BEGIN IMMEDIATE"))
                 yield session
         except (DBAPIError, OSError, TimeoutError) as exc:
-            _raise_unavailable(exc)
+            if unavailable(exc):
+                raise Unavailable("metadata database unavailable") from exc
             raise
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads (no explicit transaction; rolled back at exit)."""
+        """An async session for reads (rolled back at exit)."""
         try:
             async with self.sessions() as session:
                 yield session
         except (DBAPIError, OSError, TimeoutError) as exc:
-            _raise_unavailable(exc)
+            if unavailable(exc):
+                raise Unavailable("metadata database unavailable") from exc
             raise
 
     async def repo_id(self, session: AsyncSession, name: str) -> int:
-        """The id of an existing repository.
+        """The id of an existing repository (async sessions).
 
         Raises:
             NameUnknown: no such repository.
         """
-        rid = (await session.execute(
-            select(Repository.id).where(Repository.name == name))).scalar()
-        if rid is None:
-            raise NameUnknown(f"repository {name} is not known", {"name": name})
-        return int(rid)
+        return await session.run_sync(repo_id, name)
 
     async def ensure_repo(self, session: AsyncSession, name: str) -> int:
-        """The id of the repository, creating it if needed (safe under concurrency)."""
-        rid = (await session.execute(
-            select(Repository.id).where(Repository.name == name))).scalar()
-        if rid is not None:
-            return int(rid)
-        stmt = self.insert(Repository).values(name=name)  # type: ignore[attr-defined]
-        await session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-        rid = (await session.execute(
-            select(Repository.id).where(Repository.name == name))).scalar_one()
+        """The id of the repository, creating it if needed (async sessions)."""
+        return await session.run_sync(ensure_repo, name)
+
+
+def is_postgres(session: Session) -> bool:
+    """True when ``session`` talks to PostgreSQL."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def insert_for(session: Session, table: type) -> Any:
+    """A dialect-specific INSERT for ``session`` (supports ``on_conflict_do_nothing``)."""
+    return (pg_insert if is_postgres(session) else sqlite_insert)(table)
+
+
+def repo_id(session: Session, name: str) -> int:
+    """The id of an existing repository.
+
+    Raises:
+        NameUnknown: no such repository.
+    """
+    rid = session.execute(select(Repository.id).where(Repository.name == name)).scalar()
+    if rid is None:
+        raise NameUnknown(f"repository {name} is not known", {"name": name})
+    return int(rid)
+
+
+def ensure_repo(session: Session, name: str) -> int:
+    """The id of the repository, creating it if needed (safe under concurrency)."""
+    rid = session.execute(select(Repository.id).where(Repository.name == name)).scalar()
+    if rid is not None:
         return int(rid)
-
-
-def _raise_unavailable(exc: BaseException) -> None:
-    """Raise ``Unavailable`` if ``exc`` means the database cannot be reached."""
-    if isinstance(exc, DBAPIError) and not (
-            isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
-        return  # integrity and programming errors are bugs or races, not outages
-    raise Unavailable("metadata database unavailable") from exc
+    stmt = insert_for(session, Repository).values(name=name)
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+    return int(session.execute(
+        select(Repository.id).where(Repository.name == name)).scalar_one())
 
 
 @contextlib.contextmanager

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from dtr.core.store import Store
+from dtr.core.store import Store, repo_id
 from dtr.db.models import Repository, Tag
 from dtr.errors import PaginationInvalid
 
@@ -41,15 +42,18 @@ class TagService:
             NameUnknown: no such repository.
         """
         limit = self._limit(n)
-        async with self.store.read() as s:
-            rid = await self.store.repo_id(s, repository)
+        col = self.store.bytewise(Tag.name)
+
+        def page(s: Session) -> list[str]:
+            rid = repo_id(s, repository)
             if limit == 0:
-                return Page([], False)
-            col = self.store.bytewise(Tag.name)
+                return []
             q = select(Tag.name).where(Tag.repository_id == rid).order_by(col)
             if last:
                 q = q.where(col > last)
-            names = list((await s.execute(q.limit(limit + 1))).scalars())
+            return list(s.execute(q.limit(limit + 1)).scalars())
+
+        names = await self.store.run(page, write=False)
         return Page(names[:limit], len(names) > limit)
 
     async def catalog(self, n: int | None = None, last: str | None = None,
@@ -58,19 +62,23 @@ class TagService:
         limit = self._limit(n)
         if limit == 0:
             return Page([], False)
-        out: list[str] = []
         col = self.store.bytewise(Repository.name)
-        cursor = last
-        async with self.store.read() as s:
+
+        def scan(s: Session) -> list[str]:
+            out: list[str] = []
+            cursor = last
             while len(out) <= limit:
                 q = select(Repository.name).order_by(col).limit(limit * 2 + 1)
                 if cursor:
                     q = q.where(col > cursor)
-                names = list((await s.execute(q)).scalars())
+                names = list(s.execute(q).scalars())
                 if not names:
                     break
                 out.extend(x for x in names if visible is None or visible(x))
                 cursor = names[-1]
                 if len(names) < limit * 2 + 1:
                     break
+            return out
+
+        out = await self.store.run(scan, write=False)
         return Page(out[:limit], len(out) > limit)

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from dtr.core.blobs import BlobService
 from dtr.core.reference import ALGORITHMS, Digest
-from dtr.core.store import Store, storage_guard
+from dtr.core.store import Store, ensure_repo, storage_guard
 from dtr.db.base import utcnow
 from dtr.db.models import Repository, Upload, UploadPart
 from dtr.errors import (
@@ -92,9 +92,11 @@ class UploadService:
     async def start(self, repository: str) -> UploadState:
         """Open an upload session in ``repository`` (created if new)."""
         upload_id = secrets.token_hex(16)
-        async with self.store.tx() as s:
-            rid = await self.store.ensure_repo(s, repository)
-            s.add(Upload(id=upload_id, repository_id=rid))
+
+        def start(s: Session) -> None:
+            s.add(Upload(id=upload_id, repository_id=ensure_repo(s, repository)))
+
+        await self.store.run(start)
         return UploadState(upload_id, 0)
 
     async def status(self, repository: str, upload_id: str) -> UploadState:
@@ -103,17 +105,9 @@ class UploadService:
         Raises:
             UploadUnknown: unknown, finished, cancelled, expired, or of another repository.
         """
-        async with self.store.read() as s:
-            row = await self._load(s, repository, upload_id)
-            return UploadState(row.id, row.size)
-
-    async def _load(self, s: AsyncSession, repository: str, upload_id: str) -> Upload:
-        row = (await s.execute(
-            select(Upload).join(Repository, Repository.id == Upload.repository_id)
-            .where(Upload.id == upload_id, Repository.name == repository))).scalar()
-        if row is None:
-            raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
-        return row
+        size = await self.store.run(lambda s: _load(s, repository, upload_id).size,
+                                    write=False)
+        return UploadState(upload_id, size)
 
     async def append(self, repository: str, upload_id: str, chunks: AsyncIterable[bytes],
                      content_range: tuple[int, int] | None = None,
@@ -154,16 +148,17 @@ class UploadService:
         if written == 0:
             await self.store.storage.delete(key)
             return UploadState(upload_id, offset)
-        async with self.store.tx() as s:
-            res = await s.execute(
+        def advance(s: Session) -> bool:
+            res = s.execute(
                 update(Upload).where(Upload.id == upload_id, Upload.size == offset)
                 .values(size=offset + written, segments=Upload.segments + 1,
                         updated_at=utcnow()))
-            if res.rowcount == 1:  # type: ignore[attr-defined]
-                s.add(UploadPart(upload_id=upload_id, offset=offset, key=key, size=written))
-                committed = True
-            else:
-                committed = False
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            s.add(UploadPart(upload_id=upload_id, offset=offset, key=key, size=written))
+            return True
+
+        committed = await self.store.run(advance)
         if not committed:
             await self.store.storage.delete(key)
             raise RangeInvalid("another request appended to this upload concurrently")
@@ -193,13 +188,18 @@ class UploadService:
         want = Digest.parse(digest)
         if chunks is not None and (content_length is None or content_length > 0):
             await self.append(repository, upload_id, chunks, content_range, content_length)
-        async with self.store.read() as s:
-            row = await self._load(s, repository, upload_id)
-            parts = (await s.execute(select(UploadPart).where(UploadPart.upload_id == row.id)
-                                     .order_by(UploadPart.offset))).scalars().all()
-        keys = [p.key for p in parts]
-        size = sum(p.size for p in parts)
-        if size != row.size:
+
+        def load(s: Session) -> tuple[int, list[tuple[str, int]]]:
+            row = _load(s, repository, upload_id)
+            parts = s.execute(select(UploadPart.key, UploadPart.size)
+                              .where(UploadPart.upload_id == upload_id)
+                              .order_by(UploadPart.offset)).all()
+            return row.size, [(k, n) for k, n in parts]
+
+        expected, parts = await self.store.run(load, write=False)
+        keys = [k for k, _ in parts]
+        size = sum(n for _, n in parts)
+        if size != expected:
             raise UploadInvalid("upload segments are inconsistent; start again")
         hasher = self._hashes.get(upload_id, size, want.algorithm)
         if hasher is None:
@@ -212,8 +212,8 @@ class UploadService:
             raise DigestInvalid(f"content does not match digest {digest}",
                                 {"digest": digest, "actual": f"{want.algorithm}:"
                                  f"{hasher.hexdigest()}"})
-        await self.blobs.commit(repository, str(want), size, keys)
-        await self._forget(upload_id)
+        await self.blobs.commit(repository, str(want), size, keys, upload_id)
+        await self._drop_data(upload_id)
         return str(want)
 
     async def cancel(self, repository: str, upload_id: str) -> None:
@@ -222,17 +222,32 @@ class UploadService:
         Raises:
             UploadUnknown: not known.
         """
-        async with self.store.tx() as s:
-            await self._load(s, repository, upload_id)
-        await self._forget(upload_id)
 
-    async def _forget(self, upload_id: str) -> None:
+        def cancel(s: Session) -> None:
+            _load(s, repository, upload_id)
+            s.execute(delete(Upload).where(Upload.id == upload_id))  # parts cascade
+
+        await self.store.run(cancel)
+        await self._drop_data(upload_id)
+
+    async def _drop_data(self, upload_id: str) -> None:
         self._hashes.drop(upload_id)
-        async with self.store.tx() as s:
-            await s.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
-            await s.execute(delete(Upload).where(Upload.id == upload_id))
         with storage_guard():
             await self.store.storage.delete_prefix(paths.upload_prefix(upload_id))
+
+
+def _load(s: Session, repository: str, upload_id: str) -> Upload:
+    """The upload row, checked to belong to ``repository``.
+
+    Raises:
+        UploadUnknown: unknown, finished, cancelled, expired, or of another repository.
+    """
+    row = s.execute(
+        select(Upload).join(Repository, Repository.id == Upload.repository_id)
+        .where(Upload.id == upload_id, Repository.name == repository)).scalar()
+    if row is None:
+        raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
+    return row
 
 
 def supported_algorithm(name: str) -> bool:

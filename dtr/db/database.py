@@ -78,7 +78,7 @@ class Database:
         parsed = make_url(url)
         self.is_postgres = parsed.get_backend_name() == "postgresql"
         self.engine: AsyncEngine = make_engine(url, pool_size=pool_size, echo=echo)
-        self._async = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.async_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._threads: ThreadPoolExecutor | None = None
         if not self.is_postgres:
             path = parsed.database or ":memory:"
@@ -103,7 +103,7 @@ class Database:
                 factory = self._write if write else self._read
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._threads, _in_thread, factory, fn)
-            async with self._async() as session, session.begin():
+            async with self.async_sessions() as session, session.begin():
                 return await session.run_sync(fn)
         except (DBAPIError, OSError, TimeoutError) as exc:
             if unavailable(exc):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dtr.app import build_registry
+from dtr.app import build_registry, close_registry
 from dtr.config import Settings, load_settings
 from dtr.core.registry import Registry
 from dtr.db import migrate
@@ -63,5 +63,4 @@ async def registry(settings: Settings, anyio_backend: str) -> AsyncIterator[Regi
     try:
         yield reg
     finally:
-        await reg.store.sessions.kw["bind"].dispose()
-        await reg.store.storage.close()
+        await close_registry(reg)
