@@ -1,7 +1,8 @@
 """Generates the reference parts of ``docs/``: the settings table (from the attribute
 docstrings in ``dtr/config.py``) and the OCI error table (from ``api/oci/errors.py``).
 ``tests/unit/test_docs.py`` fails when the committed docs differ from what this produces;
-``python -m dtr.docgen`` rewrites them."""
+``python -m dtr.docgen`` rewrites them.
+"""
 
 from __future__ import annotations
 

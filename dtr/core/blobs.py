@@ -8,8 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, exists, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, exists, select, update
 
 from dtr.core.hooks import RegistryEvent
 from dtr.core.reference import Digest
@@ -112,7 +111,7 @@ class BlobService:
         """
         Digest.parse(digest)
 
-        def holders(s: Session) -> list[str]:
+        def holders(s: Connection) -> list[str]:
             q = (select(Repository.name)
                  .join(RepositoryBlob, RepositoryBlob.repository_id == Repository.id)
                  .join(Blob, Blob.digest == RepositoryBlob.digest)
@@ -125,7 +124,7 @@ class BlobService:
         if not any(may_read(n) for n in names):
             return False
 
-        def link(s: Session) -> bool:
+        def link(s: Connection) -> bool:
             if not _link_present(s, repository, digest, None):
                 return False
             self.store.hooks.emit(s, RegistryEvent("blob.mounted", repository, digest))
@@ -144,11 +143,11 @@ class BlobService:
             raise Unsupported("deletes are disabled on this registry")
         Digest.parse(digest)
 
-        def unlink(s: Session) -> None:
+        def unlink(s: Connection) -> None:
             rid = repo_id(s, repository)
             res = s.execute(delete(RepositoryBlob).where(
                 RepositoryBlob.repository_id == rid, RepositoryBlob.digest == digest))
-            if not res.rowcount:  # type: ignore[attr-defined]
+            if not res.rowcount:
                 raise BlobUnknown(f"blob {digest} is not known to {repository}",
                                   {"digest": digest})
             self.store.hooks.emit(s, RegistryEvent("blob.deleted", repository, digest))
@@ -222,7 +221,7 @@ class BlobService:
             raise UploadInvalid("upload data is missing; start again") from None
 
 
-def _claim(s: Session, digest: str, size: int) -> bool | None:
+def _claim(s: Connection, digest: str, size: int) -> bool | None:
     """Insert the blob row (True), touch a ``present`` one (False), or None while GC
     holds it in state ``deleting``.
 
@@ -233,20 +232,20 @@ def _claim(s: Session, digest: str, size: int) -> bool | None:
     now = utcnow()
     claim = insert_for(s, Blob).values(digest=digest, size=size, state="present",
                                        created_at=now, last_linked_at=now)
-    if s.execute(claim.on_conflict_do_nothing(index_elements=["digest"])).rowcount == 1:  # type: ignore[attr-defined]
+    if s.execute(claim.on_conflict_do_nothing(index_elements=["digest"])).rowcount == 1:
         return True
     res = s.execute(update(Blob).where(Blob.digest == digest, Blob.state == "present")
                     .values(last_linked_at=now))
-    return False if res.rowcount == 1 else None  # type: ignore[attr-defined]
+    return False if res.rowcount == 1 else None
 
 
-def _unclaim(s: Session, digest: str) -> None:
+def _unclaim(s: Connection, digest: str) -> None:
     """Drop a row a commit inserted but could not give bytes (unless now linked)."""
     s.execute(delete(Blob).where(Blob.digest == digest, Blob.state == "present",
                                  ~exists().where(RepositoryBlob.digest == Blob.digest)))
 
 
-def _link_present(s: Session, repository: str, digest: str, upload_id: str | None) -> bool:
+def _link_present(s: Connection, repository: str, digest: str, upload_id: str | None) -> bool:
     """Link the blob if its row is still ``present``; False if GC took it meanwhile.
 
     The row is updated first, so on SQLite the write lock, and on PostgreSQL the row
@@ -254,7 +253,7 @@ def _link_present(s: Session, repository: str, digest: str, upload_id: str | Non
     """
     res = s.execute(update(Blob).where(Blob.digest == digest, Blob.state == "present")
                     .values(last_linked_at=utcnow()))
-    if res.rowcount != 1:  # type: ignore[attr-defined]
+    if res.rowcount != 1:
         return False
     rid = ensure_repo(s, repository)
     s.execute(insert_for(s, RepositoryBlob).values(repository_id=rid, digest=digest)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class RegistryEvent:
 class PushGate(Protocol):
     """Decides whether a tag write may happen (the signing gate implements this)."""
 
-    def check_tag_write(self, session: Session, write: TagWrite) -> None:
+    def check_tag_write(self, session: Connection, write: TagWrite) -> None:
         """Return to allow; raise ``dtr.errors.Denied`` (with a reason) to refuse.
 
         Runs inside the manifest transaction (synchronously, in the transaction's thread),
@@ -52,7 +52,7 @@ class PushGate(Protocol):
 class EventSink(Protocol):
     """Receives registry events inside the transaction that made them (audit outbox)."""
 
-    def record(self, session: Session, event: RegistryEvent) -> None:
+    def record(self, session: Connection, event: RegistryEvent) -> None:
         """Record ``event``; raising aborts the whole change."""
         ...
 
@@ -60,7 +60,7 @@ class EventSink(Protocol):
 class AllowAllGate:
     """The gate used when no repository is protected: every tag write is allowed."""
 
-    def check_tag_write(self, session: Session, write: TagWrite) -> None:
+    def check_tag_write(self, session: Connection, write: TagWrite) -> None:
         """Allow."""
         return
 
@@ -68,7 +68,7 @@ class AllowAllGate:
 class NullSink:
     """The sink used when audit is not configured: events are dropped."""
 
-    def record(self, session: Session, event: RegistryEvent) -> None:
+    def record(self, session: Connection, event: RegistryEvent) -> None:
         """Drop."""
         return
 
@@ -80,7 +80,7 @@ class Hooks:
     gate: PushGate = field(default_factory=AllowAllGate)
     sinks: list[EventSink] = field(default_factory=list)
 
-    def emit(self, session: Session, event: RegistryEvent) -> None:
+    def emit(self, session: Connection, event: RegistryEvent) -> None:
         """Send ``event`` to every sink, in order, in the caller's transaction."""
         for sink in self.sinks:
             sink.record(session, event)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, func, select
 
 from dtr.core.hooks import RegistryEvent, TagWrite
 from dtr.core.manifest import ParsedManifest, parse_manifest
@@ -102,7 +101,7 @@ class ManifestService:
         subject = str(parsed.subject.digest) if parsed.subject else None
         hooks = self.store.hooks
 
-        def put(s: Session) -> None:
+        def put(s: Connection) -> None:
             rid = ensure_repo(s, repository)
             _check_references(s, rid, parsed)
             mid = _upsert_manifest(s, rid, digest, parsed, body)
@@ -134,7 +133,7 @@ class ManifestService:
             check_tag(reference)
         hooks = self.store.hooks
 
-        def delete_(s: Session) -> None:
+        def delete_(s: Connection) -> None:
             rid = repo_id(s, repository)
             if by_digest:
                 # Lock the manifest row before its tags, the order a push takes them in
@@ -152,7 +151,7 @@ class ManifestService:
             else:
                 res = s.execute(delete(Tag).where(Tag.repository_id == rid,
                                                   Tag.name == reference))
-                if not res.rowcount:  # type: ignore[attr-defined]
+                if not res.rowcount:
                     raise ManifestUnknown(f"tag {reference} is not known",
                                           {"reference": reference})
                 hooks.emit(s, RegistryEvent("tag.deleted", repository, tag=reference))
@@ -166,7 +165,7 @@ class ManifestService:
             write=False)
 
 
-def _check_references(s: Session, rid: int, parsed: ParsedManifest) -> None:
+def _check_references(s: Connection, rid: int, parsed: ParsedManifest) -> None:
     """Every referenced blob and child manifest must be in the repository.
 
     Raises:
@@ -196,7 +195,7 @@ def _check_references(s: Session, rid: int, parsed: ParsedManifest) -> None:
                                       {"digest": missing[0]})
 
 
-def _upsert_manifest(s: Session, rid: int, digest: str, parsed: ParsedManifest,
+def _upsert_manifest(s: Connection, rid: int, digest: str, parsed: ParsedManifest,
                      body: bytes) -> int:
     """The id of the manifest row, inserted with its reference edges if new."""
     # Lock the row: a concurrent DELETE by digest must not remove it between this
@@ -230,7 +229,7 @@ def _upsert_manifest(s: Session, rid: int, digest: str, parsed: ParsedManifest,
     raise Unavailable("the manifest is being pushed and deleted concurrently; retry")
 
 
-def _write_tag(s: Session, rid: int, tag: str, mid: int) -> None:
+def _write_tag(s: Connection, rid: int, tag: str, mid: int) -> None:
     """Point ``tag`` at manifest ``mid`` (insert or move)."""
     now = utcnow()
     s.execute(insert_for(s, Tag).values(repository_id=rid, name=tag, manifest_id=mid,

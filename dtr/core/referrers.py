@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from dtr.core import mediatypes as mt
 from dtr.core.manifest import index_descriptors
@@ -31,7 +30,7 @@ class ReferrersService:
             DigestInvalid: malformed subject digest.
         """
         digest = Digest.parse(subject)
-        def load(s: Session) -> tuple[list[Any], Any]:
+        def load(s: Connection) -> tuple[list[Any], Any]:
             rows = s.execute(
                 select(Manifest.digest, Manifest.media_type, Manifest.size,
                        Manifest.artifact_type, Manifest.content)

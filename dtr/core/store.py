@@ -3,7 +3,7 @@ the hooks and the limits; the guard that turns storage failures into ``Unavailab
 the repository lookups every transaction needs.
 
 Hot paths (push, pull) run their transactions as plain functions of a synchronous
-``Session`` through :meth:`Store.run` (one thread hop per transaction on SQLite). Scans
+``Connection`` through :meth:`Store.run` (one thread hop per transaction on SQLite). Scans
 (``dtr gc``) use the async sessions of :meth:`Store.tx` / :meth:`Store.read`.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, select, text
+from sqlalchemy import ColumnElement, Connection, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -118,17 +118,18 @@ class Store:
         return await session.run_sync(ensure_repo, name)
 
 
-def is_postgres(session: Session) -> bool:
-    """True when ``session`` talks to PostgreSQL."""
-    return session.get_bind().dialect.name == "postgresql"
+def is_postgres(conn: Connection | Session) -> bool:
+    """True when ``conn`` talks to PostgreSQL."""
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    return bind.dialect.name == "postgresql"
 
 
-def insert_for(session: Session, table: type) -> Any:
+def insert_for(session: Connection | Session, table: type) -> Any:
     """A dialect-specific INSERT for ``session`` (supports ``on_conflict_do_nothing``)."""
     return (pg_insert if is_postgres(session) else sqlite_insert)(table)
 
 
-def repo_id(session: Session, name: str) -> int:
+def repo_id(session: Connection | Session, name: str) -> int:
     """The id of an existing repository.
 
     Raises:
@@ -140,7 +141,7 @@ def repo_id(session: Session, name: str) -> int:
     return int(rid)
 
 
-def ensure_repo(session: Session, name: str) -> int:
+def ensure_repo(session: Connection | Session, name: str) -> int:
     """The id of the repository, creating it if needed (safe under concurrency)."""
     rid = session.execute(select(Repository.id).where(Repository.name == name)).scalar()
     if rid is not None:

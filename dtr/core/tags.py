@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from dtr.core.store import Store, repo_id
 from dtr.db.models import Repository, Tag
@@ -44,7 +43,7 @@ class TagService:
         limit = self._limit(n)
         col = self.store.bytewise(Tag.name)
 
-        def page(s: Session) -> list[str]:
+        def page(s: Connection) -> list[str]:
             rid = repo_id(s, repository)
             if limit == 0:
                 return []
@@ -64,7 +63,7 @@ class TagService:
             return Page([], False)
         col = self.store.bytewise(Repository.name)
 
-        def scan(s: Session) -> list[str]:
+        def scan(s: Connection) -> list[str]:
             out: list[str] = []
             cursor = last
             while len(out) <= limit:

@@ -14,8 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from dtr.core.blobs import BlobService
 from dtr.core.reference import ALGORITHMS, Digest
@@ -93,8 +92,9 @@ class UploadService:
         """Open an upload session in ``repository`` (created if new)."""
         upload_id = secrets.token_hex(16)
 
-        def start(s: Session) -> None:
-            s.add(Upload(id=upload_id, repository_id=ensure_repo(s, repository)))
+        def start(s: Connection) -> None:
+            s.execute(insert(Upload).values(id=upload_id, repository_id=ensure_repo(s, repository),
+                                            size=0, segments=0))
 
         await self.store.run(start)
         return UploadState(upload_id, 0)
@@ -122,7 +122,17 @@ class UploadService:
             UploadUnknown, RangeInvalid, SizeInvalid, BlobTooLarge.
         """
         state = await self.status(repository, upload_id)
-        offset = state.size
+        size, _key = await self._append_at(upload_id, state.size, chunks, content_range,
+                                           content_length)
+        return UploadState(upload_id, size)
+
+    async def _append_at(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes],
+                         content_range: tuple[int, int] | None,
+                         content_length: int | None) -> tuple[int, str | None]:
+        """Append at ``offset`` (the size last read); return the new size and the segment
+        key (None when the body was empty). The size advances with a compare-and-set, so
+        a concurrent append or a stale offset is refused with ``RangeInvalid``.
+        """
         exact = content_length
         if content_range is not None:
             start, end = content_range
@@ -147,15 +157,17 @@ class UploadService:
             raise SizeInvalid(f"received {written} bytes, expected {exact}")
         if written == 0:
             await self.store.storage.delete(key)
-            return UploadState(upload_id, offset)
-        def advance(s: Session) -> bool:
+            return offset, None
+
+        def advance(s: Connection) -> bool:
             res = s.execute(
                 update(Upload).where(Upload.id == upload_id, Upload.size == offset)
                 .values(size=offset + written, segments=Upload.segments + 1,
                         updated_at=utcnow()))
-            if res.rowcount != 1:  # type: ignore[attr-defined]
+            if res.rowcount != 1:
                 return False
-            s.add(UploadPart(upload_id=upload_id, offset=offset, key=key, size=written))
+            s.execute(insert(UploadPart).values(upload_id=upload_id, offset=offset, key=key,
+                                                size=written))
             return True
 
         committed = await self.store.run(advance)
@@ -164,7 +176,7 @@ class UploadService:
             raise RangeInvalid("another request appended to this upload concurrently")
         if hasher is not None:
             self._hashes.put(upload_id, offset + written, hasher)
-        return UploadState(upload_id, offset + written)
+        return offset + written, key
 
     async def _rehash(self, keys: list[str], algorithm: str) -> hashlib._Hash:
         hasher = hashlib.new(algorithm)
@@ -186,10 +198,8 @@ class UploadService:
             UploadUnknown, RangeInvalid, SizeInvalid, BlobTooLarge.
         """
         want = Digest.parse(digest)
-        if chunks is not None and (content_length is None or content_length > 0):
-            await self.append(repository, upload_id, chunks, content_range, content_length)
 
-        def load(s: Session) -> tuple[int, list[tuple[str, int]]]:
+        def load(s: Connection) -> tuple[int, list[tuple[str, int]]]:
             row = _load(s, repository, upload_id)
             parts = s.execute(select(UploadPart.key, UploadPart.size)
                               .where(UploadPart.upload_id == upload_id)
@@ -197,6 +207,12 @@ class UploadService:
             return row.size, [(k, n) for k, n in parts]
 
         expected, parts = await self.store.run(load, write=False)
+        if chunks is not None and (content_length is None or content_length > 0):
+            new_size, key = await self._append_at(upload_id, expected, chunks, content_range,
+                                                  content_length)
+            if key is not None:
+                parts.append((key, new_size - expected))
+                expected = new_size
         keys = [k for k, _ in parts]
         size = sum(n for _, n in parts)
         if size != expected:
@@ -223,7 +239,7 @@ class UploadService:
             UploadUnknown: not known.
         """
 
-        def cancel(s: Session) -> None:
+        def cancel(s: Connection) -> None:
             _load(s, repository, upload_id)
             s.execute(delete(Upload).where(Upload.id == upload_id))  # parts cascade
 
@@ -236,15 +252,15 @@ class UploadService:
             await self.store.storage.delete_prefix(paths.upload_prefix(upload_id))
 
 
-def _load(s: Session, repository: str, upload_id: str) -> Upload:
+def _load(s: Connection, repository: str, upload_id: str) -> Row[str, int]:
     """The upload row, checked to belong to ``repository``.
 
     Raises:
         UploadUnknown: unknown, finished, cancelled, expired, or of another repository.
     """
     row = s.execute(
-        select(Upload).join(Repository, Repository.id == Upload.repository_id)
-        .where(Upload.id == upload_id, Repository.name == repository)).scalar()
+        select(Upload.id, Upload.size).join(Repository, Repository.id == Upload.repository_id)
+        .where(Upload.id == upload_id, Repository.name == repository)).first()
     if row is None:
         raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
     return row

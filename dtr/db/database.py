@@ -1,14 +1,15 @@
 """``Database``: runs one transaction function against the metadata database.
 
-Core writes its transactions as plain functions of a synchronous SQLAlchemy ``Session``
-(``fn(session) -> result``); ``Database.run`` executes one such function as one transaction:
+Core writes its transactions as plain functions of a synchronous SQLAlchemy ``Connection``
+(``fn(conn) -> result``; Core statements only — the ORM unit of work costs more than the
+SQL); ``Database.run`` executes one such function as one transaction:
 
 * **SQLite** (embedded default): in a worker thread, on a synchronous ``sqlite3`` engine —
   one thread hop per transaction instead of one per statement (aiosqlite), and the write
   lock (``BEGIN IMMEDIATE``) is held only while the function runs, never across event-loop
   turns, so concurrent pushes from several worker processes do not queue behind each other.
-* **PostgreSQL**: on the asyncpg engine through ``AsyncSession.run_sync`` (greenlet; no
-  threads).
+* **PostgreSQL**: on the asyncpg engine through ``AsyncConnection.run_sync`` (greenlet;
+  no threads).
 
 Failures that mean the database cannot be reached raise ``dtr.errors.Unavailable``.
 """
@@ -20,19 +21,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from dtr.db.engine import make_engine
 from dtr.errors import Unavailable
 
 T = TypeVar("T")
-TxFn = Callable[[Session], T]
+TxFn = Callable[[Connection], T]
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -82,10 +82,8 @@ class Database:
         self._threads: ThreadPoolExecutor | None = None
         if not self.is_postgres:
             path = parsed.database or ":memory:"
-            self._write = sessionmaker(_sqlite_engine(path, "BEGIN IMMEDIATE", echo),
-                                       expire_on_commit=False)
-            self._read = sessionmaker(_sqlite_engine(path, "BEGIN", echo),
-                                      expire_on_commit=False)
+            self._write = _sqlite_engine(path, "BEGIN IMMEDIATE", echo)
+            self._read = _sqlite_engine(path, "BEGIN", echo)
             self._threads = ThreadPoolExecutor(16, thread_name_prefix="dtr-db")
 
     async def run(self, fn: TxFn[T], *, write: bool = True) -> T:
@@ -103,8 +101,8 @@ class Database:
                 factory = self._write if write else self._read
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._threads, _in_thread, factory, fn)
-            async with self.async_sessions() as session, session.begin():
-                return await session.run_sync(fn)
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn)
         except (DBAPIError, OSError, TimeoutError) as exc:
             if unavailable(exc):
                 raise Unavailable("metadata database unavailable") from exc
@@ -114,11 +112,11 @@ class Database:
         """Dispose of every engine and thread."""
         await self.engine.dispose()
         if self._threads is not None:
-            self._write.kw["bind"].dispose()
-            self._read.kw["bind"].dispose()
+            self._write.dispose()
+            self._read.dispose()
             self._threads.shutdown(wait=False)
 
 
-def _in_thread(factory: sessionmaker[Session], fn: TxFn[T]) -> T:
-    with factory() as session, session.begin():
-        return fn(session)
+def _in_thread(engine: Engine, fn: TxFn[T]) -> T:
+    with engine.begin() as conn:
+        return fn(conn)

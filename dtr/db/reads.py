@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import select
-from sqlalchemy.sql import ClauseElement
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.sql import ClauseElement
 
 from dtr.db.models import Blob, Manifest, Repository, RepositoryBlob, Tag
 from dtr.errors import Unavailable
