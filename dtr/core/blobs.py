@@ -38,6 +38,8 @@ class BlobContent:
     length: int
     chunks: AsyncIterator[bytes] | None
     redirect_url: str | None = None
+    local_path: str | None = None
+    """A local file with exactly the blob's bytes (whole-blob reads, filesystem driver)."""
 
 
 def blob_key(digest: str) -> str:
@@ -66,11 +68,13 @@ class BlobService:
         return BlobInfo(digest, int(size))
 
     async def open(self, repository: str, digest: str,
-                   byte_range: tuple[int, int | None] | None = None) -> BlobContent:
+                   byte_range: tuple[int, int | None] | None = None, *,
+                   local: bool = False) -> BlobContent:
         """Open a linked blob for reading, optionally a byte range (inclusive end).
 
         With redirects configured and supported by the driver, returns a presigned URL
-        instead of bytes.
+        instead of bytes. With ``local`` (the caller can send files) and a driver that
+        keeps objects as local files, returns the file's path instead of bytes.
 
         Raises:
             BlobUnknown: not linked, or its bytes are missing from storage.
@@ -87,6 +91,15 @@ class BlobService:
                 url = await self.store.storage.presign_get(key, self.redirect_expiry)
             if url:
                 return BlobContent(digest, info.size, 0, info.size, None, url)
+        path = self.store.storage.local_file(key) if local and byte_range is None else None
+        if path is not None:
+            try:
+                with storage_guard():
+                    await self.store.storage.stat(key)
+            except PathNotFound:
+                raise BlobUnknown(f"blob {digest} content is missing",
+                                  {"digest": digest}) from None
+            return BlobContent(digest, info.size, 0, info.size, None, local_path=path)
         try:
             with storage_guard():
                 chunks = await self.store.storage.reader(key, start, length)

@@ -156,6 +156,12 @@ class StorageDriver(Protocol):
         """Return a URL a client can GET the object from directly, or None if unsupported."""
         ...
 
+    def local_file(self, path: str) -> str | None:
+        """The local file that holds the object, for zero-copy responses; None when the
+        driver keeps objects elsewhere. Does not check that the object exists.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections and threads."""
         ...

@@ -372,10 +372,10 @@ class FilesystemDriver:
         check_path(path)
         return None
 
-    def local_file(self, path: str) -> Path | None:
+    def local_file(self, path: str) -> str | None:
         """The file behind a key, for zero-copy responses (None if the key is invalid)."""
         try:
-            return self._full(path)
+            return str(self._full(path))
         except InvalidPath:
             return None
 

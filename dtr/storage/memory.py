@@ -124,6 +124,10 @@ class MemoryDriver:
         check_path(path)
         return None
 
+    def local_file(self, path: str) -> str | None:
+        """Objects are not local files."""
+        return None
+
     async def close(self) -> None:
         """Drop every object."""
         self._objects.clear()

@@ -340,6 +340,10 @@ class S3Driver:
                                    self._key(path), expires=expires)
         return url
 
+    def local_file(self, path: str) -> str | None:
+        """Objects are not local files."""
+        return None
+
     async def close(self) -> None:
         """Shut the thread pool down and drop pooled connections."""
         self._pool.shutdown(wait=False)

@@ -17,6 +17,7 @@ from litestar import Request, Response
 from litestar.response import Redirect, Stream
 
 from dtr.api.oci.errors import classify, envelope
+from dtr.api.oci.responses import PathSendResponse, supports_pathsend
 from dtr.api.oci.security import AccessControl
 from dtr.core import mediatypes as mt
 from dtr.core.referrers import referrers_index
@@ -247,7 +248,11 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return reply(status, media_type="application/octet-stream", headers=headers)
-    content = await blobs.open(name, digest, wanted)
+    content = await blobs.open(name, digest, wanted, local=supports_pathsend(request))
+    if content.local_path is not None:
+        return PathSendResponse(content.local_path, content.size, status_code=status,
+                                media_type="application/octet-stream",
+                                headers={**API_HEADER, **headers})
     if content.redirect_url:
         return Redirect(content.redirect_url, status_code=307,
                         headers={**API_HEADER, "Docker-Content-Digest": digest})
