@@ -17,6 +17,9 @@ Failures that mean the database cannot be reached raise ``dtr.errors.Unavailable
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -85,6 +88,7 @@ class Database:
             self._write = _sqlite_engine(path, "BEGIN IMMEDIATE", echo)
             self._read = _sqlite_engine(path, "BEGIN", echo)
             self._threads = ThreadPoolExecutor(16, thread_name_prefix="dtr-db")
+            self._writer = _WriterLock(f"{path}.writelock")
 
     async def run(self, fn: TxFn[T], *, write: bool = True) -> T:
         """Run ``fn(session)`` as one transaction and return its result.
@@ -98,9 +102,11 @@ class Database:
         """
         try:
             if self._threads is not None:
-                factory = self._write if write else self._read
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._threads, _in_thread, factory, fn)
+                if write:
+                    return await loop.run_in_executor(self._threads, self._writer.run,
+                                                      self._write, fn)
+                return await loop.run_in_executor(self._threads, _in_thread, self._read, fn)
             async with self.engine.begin() as conn:
                 return await conn.run_sync(fn)
         except (DBAPIError, OSError, TimeoutError) as exc:
@@ -115,6 +121,32 @@ class Database:
             self._write.dispose()
             self._read.dispose()
             self._threads.shutdown(wait=False)
+
+
+class _WriterLock:
+    """Serialises SQLite write transactions of every dtr process on this host.
+
+    SQLite's own busy handler polls with sleeps that grow to 100 ms, so writers of two
+    worker processes waiting on each other lose most of their time asleep. A thread lock
+    plus an ``flock`` on a file beside the database hands the write lock over as soon as
+    it is free (the kernel wakes the waiter); SQLite's busy timeout stays as the fallback
+    for processes that do not take this lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    def run(self, engine: Engine, fn: TxFn[T]) -> T:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                return _in_thread(engine, fn)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def _in_thread(engine: Engine, fn: TxFn[T]) -> T:
