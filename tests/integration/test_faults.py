@@ -130,7 +130,7 @@ def test_serve_refuses_schema_behind(tmp_path: Path) -> None:
     env = peers.dtr_env(tmp_path)
     r = subprocess.run([sys.executable, "-m", "dtr", "serve", "--no-migrate", "--port",
                         str(peers.free_port())], env=env, capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert r.returncode != 0
     assert "dtr db upgrade" in r.stderr
     peers.dtr("db", "upgrade", env=env)

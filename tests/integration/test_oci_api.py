@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from dtr.app import create_app
+from tests.conftest import make_settings
 from tests.support.oci import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -485,9 +487,6 @@ def test_delete_blob(oci: OciClient, client: TestClient[Any]) -> None:
 
 
 def test_deletes_disabled(tmp_path: Any) -> None:
-    from dtr.app import create_app
-    from tests.conftest import make_settings
-
     settings = make_settings(tmp_path, registry={"delete_enabled": False})
     with TestClient(create_app(settings)) as c:
         oci = OciClient(c)

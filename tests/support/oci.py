@@ -57,11 +57,11 @@ class OciClient:
               media_type: str = OCI_MANIFEST, **extra: Any) -> bytes:
         """Push config + layers; return the manifest bytes (not pushed)."""
         cfg = self.push_blob(repo, EMPTY_CONFIG)
-        descs = []
-        for layer in layers if layers is not None else [os.urandom(512)]:
-            descs.append({"mediaType": LAYER if media_type == OCI_MANIFEST else
-                          "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                          "digest": self.push_blob(repo, layer), "size": len(layer)})
+        layer_type = (LAYER if media_type == OCI_MANIFEST else
+                      "application/vnd.docker.image.rootfs.diff.tar.gzip")
+        descs = [{"mediaType": layer_type, "digest": self.push_blob(repo, layer),
+                  "size": len(layer)}
+                 for layer in (layers if layers is not None else [os.urandom(512)])]
         body: dict[str, Any] = {
             "schemaVersion": 2, "mediaType": media_type,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json"

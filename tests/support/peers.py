@@ -136,7 +136,7 @@ class Minio:
 
     endpoint: str
     access_key: str = "dtr-test-access"
-    secret_key: str = "dtr-test-secret-key"  # noqa: S105 - a throwaway test server
+    secret_key: str = "dtr-test-secret-key"
 
 
 @contextlib.contextmanager

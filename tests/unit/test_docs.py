@@ -42,11 +42,8 @@ def test_every_cli_command_is_documented() -> None:
 
 
 def _yaml_examples() -> list[tuple[str, str]]:
-    found = []
-    for doc in sorted(DOCS.glob("*.md")):
-        for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S):
-            found.append((doc.name, block))
-    return found
+    return [(doc.name, block) for doc in sorted(DOCS.glob("*.md"))
+            for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)]
 
 
 @pytest.mark.parametrize(("doc", "block"), _yaml_examples())
