@@ -197,7 +197,7 @@ class FilesystemDriver:
         tmp = await self._run(self._tmp_for, full)
         fh: BinaryIO = await self._run(open, tmp, "wb")
         sync = self.fsync and durable
-        kick = _START_WRITEBACK if sync else None
+        kick = _START_WRITEBACK if self.fsync else None
         written = [0, 0]  # bytes written, bytes handed to writeback
 
         def _emit(buf: bytes) -> None:
