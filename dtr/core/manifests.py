@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, select
 
 from dtr.core.hooks import RegistryEvent, TagWrite
 from dtr.core.manifest import ParsedManifest, parse_manifest
@@ -158,11 +158,6 @@ class ManifestService:
 
         await self.store.run(delete_)
 
-    async def count(self) -> int:
-        """Number of stored manifests (all repositories)."""
-        return await self.store.run(
-            lambda s: int(s.execute(select(func.count()).select_from(Manifest)).scalar_one()),
-            write=False)
 
 
 def _check_references(s: Connection, rid: int, parsed: ParsedManifest) -> None:

@@ -105,18 +105,6 @@ class Store:
                 raise Unavailable("metadata database unavailable") from exc
             raise
 
-    async def repo_id(self, session: AsyncSession, name: str) -> int:
-        """The id of an existing repository (async sessions).
-
-        Raises:
-            NameUnknown: no such repository.
-        """
-        return await session.run_sync(repo_id, name)
-
-    async def ensure_repo(self, session: AsyncSession, name: str) -> int:
-        """The id of the repository, creating it if needed (async sessions)."""
-        return await session.run_sync(ensure_repo, name)
-
 
 def is_postgres(conn: Connection | Session) -> bool:
     """True when ``conn`` talks to PostgreSQL."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from dtr.core.blobs import BlobService
-from dtr.core.reference import ALGORITHMS, Digest
+from dtr.core.reference import Digest
 from dtr.core.store import Store, ensure_repo, storage_guard
 from dtr.db.base import utcnow
 from dtr.db.models import Repository, Upload, UploadPart
@@ -264,8 +264,3 @@ def _load(s: Connection, repository: str, upload_id: str) -> Row[str, int]:
     if row is None:
         raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
     return row
-
-
-def supported_algorithm(name: str) -> bool:
-    """True if uploads can be verified with this digest algorithm."""
-    return name in ALGORITHMS

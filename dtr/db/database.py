@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dtr.db.engine import make_engine
+from dtr.db.engine import make_engine, sqlite_pragmas
 from dtr.errors import Unavailable
 
 T = TypeVar("T")
@@ -53,12 +53,7 @@ def _sqlite_engine(path: str, begin: str, echo: bool) -> Engine:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: DBAPIConnection, _rec: ConnectionPoolEntry) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
+        sqlite_pragmas(dbapi_conn, _rec)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:

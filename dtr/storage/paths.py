@@ -37,8 +37,3 @@ def upload_prefix(upload_id: str) -> str:
 def upload_segment_key(upload_id: str, offset: int, nonce: str) -> str:
     """Key of a segment that starts at ``offset`` (sortable: 20 zero-padded digits)."""
     return f"{UPLOADS}/{upload_id}/{offset:020d}-{nonce}"
-
-
-def segment_offset(key: str) -> int:
-    """Inverse of :func:`upload_segment_key`: the start offset of a segment key."""
-    return int(key.rsplit("/", 1)[1].split("-", 1)[0])
