@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute
 
 from dtr.core.hooks import Hooks
 from dtr.db.database import Database, TxFn, unavailable
@@ -106,18 +106,17 @@ class Store:
             raise
 
 
-def is_postgres(conn: Connection | Session) -> bool:
+def is_postgres(conn: Connection) -> bool:
     """True when ``conn`` talks to PostgreSQL."""
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    return bind.dialect.name == "postgresql"
+    return conn.dialect.name == "postgresql"
 
 
-def insert_for(session: Connection | Session, table: type) -> Any:
+def insert_for(session: Connection, table: type) -> Any:
     """A dialect-specific INSERT for ``session`` (supports ``on_conflict_do_nothing``)."""
     return (pg_insert if is_postgres(session) else sqlite_insert)(table)
 
 
-def repo_id(session: Connection | Session, name: str) -> int:
+def repo_id(session: Connection, name: str) -> int:
     """The id of an existing repository.
 
     Raises:
@@ -129,7 +128,7 @@ def repo_id(session: Connection | Session, name: str) -> int:
     return int(rid)
 
 
-def ensure_repo(session: Connection | Session, name: str) -> int:
+def ensure_repo(session: Connection, name: str) -> int:
     """The id of the repository, creating it if needed (safe under concurrency)."""
     rid = session.execute(select(Repository.id).where(Repository.name == name)).scalar()
     if rid is not None:

@@ -229,13 +229,19 @@ def test_skopeo_oci_layout_round_trip(backend: str, request: pytest.FixtureReque
     assert set(blobs) == {image.digest, *image.blob_digests}
 
 
-def test_skopeo_multi_platform_index_all(embedded: DtrServer, client: Client,
-                                         http: httpx.Client, tmp_path: Path) -> None:
+def _two_platform_layout(tmp_path: Path, label: str) -> tuple[Any, Any, Any, Any, str]:
+    """An OCI layout tagged ``multi``: an index of an amd64 and an arm64 image."""
     src = Layout(tmp_path / "src")
-    amd = src.image({"arch": b"amd64\n"}, "amd64")
-    arm = src.image({"arch": b"arm64\n"}, "arm64")
+    amd = src.image({"arch": f"amd64{label}\n".encode()}, "amd64")
+    arm = src.image({"arch": f"arm64{label}\n".encode()}, "arm64")
     index, index_digest = src.index([amd, arm])
     src.tag("multi", index, index_digest, OCI_INDEX)
+    return src, amd, arm, index, index_digest
+
+
+def test_skopeo_multi_platform_index_all(embedded: DtrServer, client: Client,
+                                         http: httpx.Client, tmp_path: Path) -> None:
+    src, amd, arm, index, index_digest = _two_platform_layout(tmp_path, "")
     repo = f"e2e/skopeo/{unique('multi')}"
     dest = f"docker://{embedded.addr}/{repo}:multi"
 
@@ -303,11 +309,7 @@ def test_skopeo_push_as_docker_schema2(embedded: DtrServer, client: Client,
 
 def test_skopeo_push_as_docker_manifest_list(embedded: DtrServer, client: Client,
                                              http: httpx.Client, tmp_path: Path) -> None:
-    src = Layout(tmp_path / "src")
-    amd = src.image({"arch": b"amd64 list\n"}, "amd64")
-    arm = src.image({"arch": b"arm64 list\n"}, "arm64")
-    index, index_digest = src.index([amd, arm])
-    src.tag("multi", index, index_digest, OCI_INDEX)
+    src, *_ = _two_platform_layout(tmp_path, " list")
     repo = f"e2e/skopeo/{unique('list')}"
     dest = f"docker://{embedded.addr}/{repo}:multi"
 
