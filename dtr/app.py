@@ -6,15 +6,28 @@ that imports every layer; nothing imports it but the CLI and the ASGI server.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import os
+import secrets
 
 import msgspec
 from litestar import Litestar
+from litestar.types import ControllerRouterHandler
+from sqlalchemy import Connection
 
+from dtr.api.admin import build_admin_router, openapi_config
+from dtr.api.context import Security
 from dtr.api.oci.handlers import OciContext
 from dtr.api.oci.router import build_routes
-from dtr.api.oci.security import OpenAccess
+from dtr.api.oci.security import AccessControl, OpenAccess, TokenAccess
+from dtr.api.problems import app_exception_handlers
+from dtr.api.token import build_token_routes
+from dtr.auth import accounts
+from dtr.auth.accounts import AccountService
+from dtr.auth.credentials import CredentialVerifier
+from dtr.auth.ratelimit import LoginLimiter
+from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
 from dtr.config import Settings, load_settings
 from dtr.core.hooks import Hooks
 from dtr.core.registry import Registry
@@ -23,11 +36,15 @@ from dtr.db.database import Database
 from dtr.db.engine import current_revision
 from dtr.db.migrate import head_revision
 from dtr.db.reads import make_fast_reads
+from dtr.policy import admin as policy_admin
+from dtr.policy.admin import PolicyAdmin
+from dtr.policy.enforcer import PolicyEngine
 from dtr.storage.base import StorageDriver
 from dtr.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("dtr")
 RESOLVED_ENV = "_DTR_RESOLVED_SETTINGS"
+ADMIN_PASSWORD_ENV = "DTR_ADMIN_PASSWORD"  # noqa: S105 - a variable name
 _M_MMAP_THRESHOLD = -3
 
 
@@ -93,24 +110,78 @@ async def check_schema(registry: Registry) -> None:
             f"{head}: run `dtr db upgrade` (with the same --config / DTR_DATABASE_URL)")
 
 
+def build_security(settings: Settings, db: Database) -> Security:
+    """The auth services of one process: accounts, credentials, policy, token keys."""
+    a = settings.auth
+    keys = TokenKeys.load_or_create(settings.token_key_path, a.token.previous_key_files)
+    limiter = LoginLimiter(db, a.login_failures_per_account, a.login_failures_per_ip,
+                           a.login_failure_window_seconds)
+    proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies)
+    return Security(
+        settings=a, db=db, accounts=AccountService(db),
+        credentials=CredentialVerifier(db, limiter),
+        policy=PolicyEngine(db, refresh_seconds=a.policy_refresh_seconds),
+        policy_admin=PolicyAdmin(db), keys=keys,
+        issuer=TokenIssuer(keys, a.token.issuer, a.token.lifetime_seconds),
+        verifier=TokenVerifier(keys, a.token.issuer), trusted_proxies=proxies)
+
+
+async def bootstrap_admin(security: Security, password: str | None) -> str | None:
+    """Create the first system administrator when no user exists yet.
+
+    Returns:
+        The password when one was generated (to print once), else None.
+    """
+    name = security.settings.admin_username
+    generated = None if password else secrets.token_urlsafe(18)
+    chosen = password or generated or ""
+
+    def tx(conn: Connection) -> bool:
+        created = accounts.ensure_admin(conn, name, chosen)
+        if created:
+            policy_admin.create_grant(conn, f"user:{name}", "*", "**", "admin")
+        return created
+
+    created = await security.db.run(tx, write=True)
+    if created:
+        await security.policy.refresh()
+    return generated if created else None
+
+
 def create_app(settings: Settings, storage: StorageDriver | None = None) -> Litestar:
     """Build the application for ``settings`` (``storage`` overrides the configured driver)."""
     registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
-    ctx = OciContext(registry, OpenAccess(), settings.server.public_url,
+    security = build_security(settings, registry.store.db)
+    access: AccessControl = (TokenAccess(security, settings.server.public_url)
+                             if settings.auth.enabled else OpenAccess())
+    ctx = OciContext(registry, access, settings.server.public_url,
                      settings.registry.chunk_min_bytes)
 
     async def startup() -> None:
         await check_schema(registry)
         if ensure is not None:
             await ensure()
+        await security.policy.start()
+        if not settings.auth.enabled:
+            return
+        generated = await bootstrap_admin(security, os.environ.get(ADMIN_PASSWORD_ENV))
+        if generated:
+            log.warning("created the administrator %r with the generated password %s "
+                        "(shown once; change it with `dtr user update`)",
+                        security.settings.admin_username, generated)
 
     async def shutdown() -> None:
+        await security.policy.close()
         await close_registry(registry)
 
-    app = Litestar(route_handlers=build_routes(ctx, settings.registry.max_blob_bytes),
-                   on_startup=[startup], on_shutdown=[shutdown], openapi_config=None)
+    handlers: list[ControllerRouterHandler] = [*build_routes(ctx, settings.registry.max_blob_bytes),
+                *build_token_routes(security), build_admin_router(security, settings.auth)]
+    app = Litestar(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
+                   openapi_config=openapi_config(),
+                   exception_handlers=app_exception_handlers())
     app.state.registry = registry
+    app.state.security = security
     return app
 
 

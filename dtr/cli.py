@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -38,15 +39,21 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="TCP port (default 5000).")
 @click.option("--data-dir", default=None, help="Data folder (default ./data).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default 2).")
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False),
+              help="PEM certificate chain: serve HTTPS directly (else plain HTTP).")
+@click.option("--tls-key", default=None, type=click.Path(dir_okay=False),
+              help="PEM private key of --tls-cert.")
 @click.option("--migrate/--no-migrate", default=None,
               help="Upgrade the schema before serving (default: on for the embedded SQLite "
                    "database, off otherwise).")
 def serve(config: str | None, host: str | None, port: int | None, data_dir: str | None,
-          workers: int | None, migrate: bool | None) -> None:
+          workers: int | None, tls_cert: str | None, tls_key: str | None,
+          migrate: bool | None) -> None:
     """Run the registry (granian, several worker processes)."""
     server: dict[str, Any] = {k: v for k, v in
                               {"host": host, "port": port, "data_dir": data_dir,
-                               "workers": workers}.items() if v is not None}
+                               "workers": workers, "tls_cert": tls_cert,
+                               "tls_key": tls_key}.items() if v is not None}
     settings = _settings(config, {"server": server} if server else None)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     from dtr import app as app_module  # noqa: PLC0415
@@ -56,28 +63,56 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
     if migrate or (migrate is None and embedded):
         mig.upgrade(settings.database_url)
     try:
-        asyncio.run(_check(settings))
+        generated = asyncio.run(_check(settings))
     except app_module.SchemaBehind as exc:
         raise click.ClickException(str(exc)) from None
+    if generated:
+        click.echo(f"created the administrator {settings.auth.admin_username!r}; its generated "
+                   f"password (shown once) is: {generated}", err=True)
     os.environ[app_module.RESOLVED_ENV] = msgspec.json.encode(settings).decode()
     from granian.constants import Interfaces  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
-    click.echo(f"dtr listening on http://{settings.server.host}:{settings.server.port} "
+    tls = settings.server.tls_cert
+    scheme = "https" if tls else "http"
+    if not settings.auth.enabled:
+        click.echo("WARNING: authentication is disabled (auth.enabled: false): anyone who "
+                   "can reach this port may push and delete", err=True)
+    click.echo(f"dtr listening on {scheme}://{settings.server.host}:{settings.server.port} "
                f"({settings.server.workers} workers, database "
                f"{'sqlite' if embedded else 'postgresql'}, storage {settings.storage.backend})",
                err=True)
     Server("dtr.app:app_factory", address=settings.server.host, port=settings.server.port,
            interface=Interfaces.ASGI, workers=settings.server.workers, factory=True,
-           log_access=False, backlog=2048).serve()
+           log_access=False, backlog=2048,
+           ssl_cert=Path(tls).expanduser() if tls else None,
+           ssl_key=Path(settings.server.tls_key).expanduser() if tls else None).serve()
 
 
-async def _check(settings: Settings) -> None:
-    from dtr.app import build_registry, check_schema, close_registry  # noqa: PLC0415
+async def _check(settings: Settings) -> str | None:
+    """Refuse a stale schema; create the first administrator (returns a generated
+    password to print once).
+    """
+    from dtr.app import (  # noqa: PLC0415
+        ADMIN_PASSWORD_ENV,
+        bootstrap_admin,
+        build_registry,
+        build_security,
+        check_schema,
+        close_registry,
+    )
 
     registry = build_registry(settings)
     try:
         await check_schema(registry)
+        if not settings.auth.enabled:
+            return None
+        security = build_security(settings, registry.store.db)
+        await security.policy.start()
+        try:
+            return await bootstrap_admin(security, os.environ.get(ADMIN_PASSWORD_ENV))
+        finally:
+            await security.policy.close()
     finally:
         await close_registry(registry)
 
@@ -187,3 +222,14 @@ def gc(config: str | None, dry_run: bool, upload_max_age: int | None,
             await close_registry(registry)
 
     asyncio.run(_run())
+
+
+def _register_admin_commands() -> None:
+    """The admin API mirror (``dtr login``, ``dtr org …``, ``dtr policy …``)."""
+    from dtr.cli_admin import ADMIN_COMMANDS  # noqa: PLC0415
+
+    for command in ADMIN_COMMANDS:
+        main.add_command(command)
+
+
+_register_admin_commands()

@@ -10,6 +10,7 @@ Imports nothing from dtr but ``dtr.errors``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ import msgspec
 import yaml
 
 ENV_PREFIX = "DTR_"
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -37,7 +39,15 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """External base URL (``https://registry.example``) used in absolute links; empty =
     relative ``Location`` headers, which every client accepts."""
     data_dir: str = "./data"
-    """Folder for the embedded SQLite database and filesystem blobs."""
+    """Folder for the embedded SQLite database, filesystem blobs and generated keys."""
+    tls_cert: str = ""
+    """PEM certificate (chain) to serve HTTPS directly; empty = plain HTTP (terminate TLS
+    in front, e.g. an ingress)."""
+    tls_key: str = ""
+    """PEM private key matching ``tls_cert``."""
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    """Peer addresses (IPs or CIDRs) whose ``X-Forwarded-For`` is believed for the client
+    IP used by login rate limits (and audit). Empty = use the socket peer address."""
 
 
 class DatabaseSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -121,6 +131,51 @@ class GCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A blob no manifest references is kept this long after it was last linked."""
 
 
+class TokenSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Registry bearer tokens (Docker token authentication)."""
+
+    issuer: str = "dtr"
+    """JWT ``iss`` of issued tokens (and the only issuer ``/v2`` accepts)."""
+    service: str = ""
+    """Service name in the challenge and the JWT ``aud``; empty = the request's host."""
+    lifetime_seconds: int = 300
+    """Lifetime of registry tokens (``expires_in``); at least 60."""
+    key_file: str = ""
+    """PEM EC P-256 private key signing tokens. Empty = ``<data_dir>/token-signing-key.pem``,
+    generated on first start. Replicas must share it (mount the same secret)."""
+    previous_key_files: list[str] = msgspec.field(default_factory=list)
+    """Retired public or private keys still published in the JWKS during a rotation."""
+    refresh_lifetime_days: int = 90
+    """Lifetime of refresh tokens (``offline_token=true``, ``access_type=offline``)."""
+
+
+class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Authentication and authorization."""
+
+    enabled: bool = True
+    """Require credentials (Docker token auth + RBAC). ``false`` = an open registry for
+    isolated test setups only; every request is then allowed."""
+    admin_username: str = "admin"
+    """The bootstrap system administrator, created on first start when no user exists. Its
+    password is ``DTR_ADMIN_PASSWORD`` or generated and printed once."""
+    token: TokenSettings = msgspec.field(default_factory=TokenSettings)
+    org_creation: Literal["everyone", "admin"] = "everyone"
+    """Who may create organizations: any signed-in user (who then owns it) or only system
+    administrators."""
+    login_failures_per_account: int = 10
+    """Failed logins allowed per account within the window before 429."""
+    login_failures_per_ip: int = 50
+    """Failed logins allowed per client IP within the window before 429."""
+    login_failure_window_seconds: int = 300
+    """Window of the failed-login limits (and how long a locked client waits)."""
+    policy_refresh_seconds: float = 2.0
+    """How often each worker checks the database for policy changes made elsewhere."""
+    token_max_days: int = 365
+    """Longest lifetime of a personal access token (days)."""
+    robot_default_expiry_days: int = 0
+    """Default robot expiry in days when none is given (0 = never)."""
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every dtr setting. Build with :func:`load_settings`."""
 
@@ -129,6 +184,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
     gc: GCSettings = msgspec.field(default_factory=GCSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
     @property
     def data_path(self) -> Path:
@@ -141,6 +197,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.database.url:
             return self.database.url
         return f"sqlite+aiosqlite:///{self.data_path / 'dtr.db'}"
+
+    @property
+    def token_key_path(self) -> Path:
+        """The effective token-signing key file."""
+        if self.auth.token.key_file:
+            return Path(self.auth.token.key_file).expanduser().resolve()
+        return self.data_path / "token-signing-key.pem"
 
     @property
     def filesystem_root(self) -> Path:
@@ -174,7 +237,8 @@ def _set_path(tree: dict[str, Any], cls: type[msgspec.Struct], tokens: list[str]
             return
         if rest:
             continue
-        tree[name] = value
+        is_list = getattr(ftype, "__origin__", None) is list or str(ftype).startswith("list")
+        tree[name] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
         return
     raise ConfigError(f"{var}: no such setting")
 
@@ -217,7 +281,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX) or var == "DTR_CONFIG":
             continue
-        if var in ("DTR_ADMIN_PASSWORD",) or var.startswith("DTR_TEST_"):
+        if var in ("DTR_ADMIN_PASSWORD",) or var.startswith(("DTR_TEST_", "DTR_CLI_")):
             continue
         tokens = var[len(ENV_PREFIX):].lower().split("_")
         _set_path(env_tree, Settings, tokens, value, var)
@@ -265,3 +329,25 @@ def validate(settings: Settings) -> None:
         raise ConfigError("gc.upload_max_age_seconds: must be at least 60")
     if s.gc.blob_grace_seconds < 0:
         raise ConfigError("gc.blob_grace_seconds: must not be negative")
+    if bool(s.server.tls_cert) != bool(s.server.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(s.server, name)
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"server.{name}: {value} is not a readable file")
+    a = s.auth
+    if a.token.lifetime_seconds < 60:
+        raise ConfigError("auth.token.lifetime_seconds: clients assume at least 60")
+    if a.token.refresh_lifetime_days < 1:
+        raise ConfigError("auth.token.refresh_lifetime_days: must be at least 1")
+    if min(a.login_failures_per_account, a.login_failures_per_ip) < 1:
+        raise ConfigError("auth.login_failures_per_*: must be at least 1")
+    if a.login_failure_window_seconds < 1:
+        raise ConfigError("auth.login_failure_window_seconds: must be at least 1")
+    if a.policy_refresh_seconds <= 0 or a.policy_refresh_seconds > 5:
+        raise ConfigError("auth.policy_refresh_seconds: must be in (0, 5] so policy changes "
+                          "reach every replica within 5 seconds")
+    if a.token_max_days < 1:
+        raise ConfigError("auth.token_max_days: must be at least 1")
+    if not _USERNAME.fullmatch(a.admin_username):
+        raise ConfigError("auth.admin_username: use lowercase letters, digits, . _ -")

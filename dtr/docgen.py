@@ -72,7 +72,24 @@ def expected() -> dict[Path, str]:
         ROOT / "docs/configuration.md": _splice(ROOT / "docs/configuration.md",
                                                 settings_table()),
         ROOT / "docs/errors.md": _splice(ROOT / "docs/errors.md", render_markdown()),
+        ROOT / "docs/openapi.json": openapi_json(),
     }
+
+
+def openapi_json() -> str:
+    """The admin API's OpenAPI document (``docs/openapi.json``), built from the app as
+    ``create_app`` wires it (in a throw-away data folder; nothing is started).
+    """
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from dtr.app import create_app  # noqa: PLC0415 - the whole app, only for this document
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = config.load_settings(env={}, overrides={"server": {"data_dir": tmp},
+                                                           "auth": {"enabled": True}})
+        document = create_app(settings).openapi_schema.to_schema()
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def main() -> int:

@@ -10,7 +10,10 @@ the admin API maps them to problem details. Nothing here imports another dtr mod
     │                          RangeInvalid, PaginationInvalid
     ├── TooLarge            ── ManifestTooLarge, BlobTooLarge
     ├── TooManyTags
+    ├── Conflict            (the object already exists, or is still in use)
+    ├── Unauthorized        ── InvalidToken (missing, wrong, expired or revoked credentials)
     ├── Denied
+    ├── RateLimited         (too many failed logins; carries retry_after seconds)
     ├── Unsupported
     └── Unavailable         (a dependency — database, object store — is down)
 """
@@ -110,8 +113,33 @@ class TooManyTags(DtrError):
     """More ``?tag=`` parameters than the registry accepts in one request."""
 
 
+class Conflict(DtrError):
+    """The object already exists, or cannot be removed while something uses it."""
+
+
+class Unauthorized(DtrError):
+    """Credentials are missing, wrong, expired, disabled or revoked."""
+
+
+class InvalidToken(Unauthorized):
+    """A bearer token failed verification (signature, issuer, audience, time window)."""
+
+
 class Denied(DtrError):
     """The caller is known but not allowed to do this."""
+
+
+class RateLimited(DtrError):
+    """Too many failed logins for this account or client address.
+
+    Args:
+        message: what was limited; never says whether the account exists.
+        retry_after: seconds until the client may try again.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unsupported(DtrError):

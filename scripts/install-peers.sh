@@ -18,7 +18,7 @@ GO_PEERS=(
   "regctl|regctl|github.com/regclient/regclient/cmd/regctl@v0.11.5|"
   "helm|helm|helm.sh/helm/v3/cmd/helm@v3.21.4|"
 )
-DEBIAN_PEERS=(skopeo)
+DEBIAN_PEERS=(skopeo podman)
 
 want() {  # want NAME: true if NAME was asked for (or nothing was)
   [ "${#ARGS[@]}" -eq 0 ] && return 0

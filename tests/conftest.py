@@ -15,9 +15,14 @@ from dtr.db.migrate import upgrade
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for an embedded registry in ``data_dir`` (no environment read)."""
+    """Settings for an embedded registry in ``data_dir`` (no environment read).
+
+    Authentication is off unless ``auth={"enabled": True, ...}`` is passed: protocol tests
+    exercise the OCI API itself; access-control tests switch it on.
+    """
     tree: dict[str, Any] = {"server": {"data_dir": str(data_dir)},
-                            "storage": {"filesystem": {"fsync": False}}}
+                            "storage": {"filesystem": {"fsync": False}},
+                            "auth": {"enabled": False}}
     for section, values in overrides.items():
         tree.setdefault(section, {}).update(values)
     settings = load_settings(env={}, overrides=tree)

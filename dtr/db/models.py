@@ -5,6 +5,12 @@
 cross-repository mount is an insert); ``manifest`` holds each manifest's exact bytes;
 ``manifest_reference`` lists what a manifest points at (for validation and GC);
 ``tag`` points a name at a manifest; ``upload`` tracks upload sessions across replicas.
+
+Access control: ``account`` holds users and robots (secrets hashed), ``organization`` and
+``team`` the namespaces and groups, ``access_token`` personal access and refresh tokens
+(hashed). ``casbin_rule`` is the whole policy (grants, team membership, role definitions),
+read by the Casbin enforcer; ``role`` describes roles; ``policy_state`` holds the version
+every replica polls; ``login_failure`` counts failed logins for rate limits.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import datetime as dt
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -130,3 +138,124 @@ class UploadPart(Base):
     offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     key: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+NAME_LEN = 255
+
+
+class Account(Base):
+    """A user (``kind='user'``) or robot account (``kind='robot'``).
+
+    Robot names are ``robot$<org>+<name>`` (org robots) or ``robot$<name>`` (system robots).
+    ``secret_hash`` is an argon2 hash of a user's password or a SHA-256 of a robot's random
+    secret; it is never returned by any API.
+    """
+
+    __tablename__ = "account"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    org: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secret_hash: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index("ix_account_org", "org"),)
+
+
+class Organization(Base):
+    """A namespace: the first path component of its repositories."""
+
+    __tablename__ = "organization"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Team(Base):
+    """A group of users inside one organization (membership lives in ``casbin_rule``)."""
+
+    __tablename__ = "team"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_team_org_name"),)
+
+
+class AccessToken(Base):
+    """A personal access token (``kind='pat'``) or refresh token (``kind='refresh'``).
+
+    The presented secret is ``<prefix><id>_<random>``; only SHA-256 of the random part is
+    stored. ``scopes`` (JSON list, NULL = the account's own rights) narrows what the token
+    may do; revocation is immediate because every use is looked up here.
+    """
+
+    __tablename__ = "access_token"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_access_token_account", "account_id"),)
+
+
+class CasbinRule(Base):
+    """One Casbin policy line (the standard adapter's shape): ``p`` grants, ``g`` team
+    membership, ``g2`` role definitions. Alembic owns the table; no adapter creates it.
+    """
+
+    __tablename__ = "casbin_rule"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ptype: Mapped[str] = mapped_column(String(8))
+    v0: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    v1: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    v2: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    v3: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    v4: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    v5: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+
+    __table_args__ = (Index("ix_casbin_rule_ptype_v0", "ptype", "v0"),)
+
+
+class Role(Base):
+    """A role's description; its actions are ``g2`` rows in ``casbin_rule``."""
+
+    __tablename__ = "role"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PolicyState(Base):
+    """One row (id 1): bumped in the same transaction as every policy change."""
+
+    __tablename__ = "policy_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LoginFailure(Base):
+    """Failed logins per key (``account:<name>`` or ``ip:<address>``) in the current window."""
+
+    __tablename__ = "login_failure"
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,1 +1,3 @@
-"""What the caller may do: the Casbin policy decision point. Never imports api or core."""
+"""What the caller may do: the Casbin policy decision point (``enforcer``), the policy data
+and its validation (``admin``), and the vocabulary (``actions``). Never imports api or core.
+"""

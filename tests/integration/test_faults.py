@@ -135,7 +135,7 @@ def test_serve_refuses_schema_behind(tmp_path: Path) -> None:
     assert "dtr db upgrade" in r.stderr
     peers.dtr("db", "upgrade", env=env)
     r = peers.dtr("db", "current", env=env)
-    assert "current 0001" in r.stdout
+    assert "current 0002" in r.stdout
     peers.dtr("db", "downgrade", "base", env=env)
     r = peers.dtr("db", "current", env=env, check=False)
     assert r.returncode == 1

@@ -170,6 +170,7 @@ class DtrServer:
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    admin_password: str = ""
 
     @property
     def addr(self) -> str:
@@ -182,11 +183,22 @@ class DtrServer:
         return f"http://{self.addr}"
 
 
+ADMIN_PASSWORD = "admin-test-password-1"
+
+
 def dtr_env(data_dir: Path, *, database_url: str = "", s3: Minio | None = None,
-            bucket: str = "dtr", extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a dtr process on the given backends."""
+            bucket: str = "dtr", extra: dict[str, str] | None = None,
+            auth: bool = False) -> dict[str, str]:
+    """Environment for a dtr process on the given backends.
+
+    ``auth=False`` (the default for protocol tests) switches authentication off; with
+    ``auth=True`` the bootstrap admin's password is :data:`ADMIN_PASSWORD`.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("DTR_")}
     env["DTR_SERVER_DATA_DIR"] = str(data_dir)
+    env["DTR_AUTH_ENABLED"] = "true" if auth else "false"
+    if auth:
+        env["DTR_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     if database_url:
         env["DTR_DATABASE_URL"] = database_url
     if s3 is not None:
@@ -208,18 +220,22 @@ def dtr(*args: str, env: dict[str, str], check: bool = True,
 @contextlib.contextmanager
 def dtr_server(data_dir: Path, *, workers: int = 2, database_url: str = "",
                s3: Minio | None = None, bucket: str = "dtr",
-               extra: dict[str, str] | None = None) -> Iterator[DtrServer]:
+               extra: dict[str, str] | None = None, auth: bool = False,
+               args: tuple[str, ...] = ()) -> Iterator[DtrServer]:
     """Start ``dtr serve`` on a free port; migrate first; stop it afterwards."""
-    env = dtr_env(data_dir, database_url=database_url, s3=s3, bucket=bucket, extra=extra)
+    env = dtr_env(data_dir, database_url=database_url, s3=s3, bucket=bucket, extra=extra,
+                  auth=auth)
     dtr("db", "upgrade", env=env)
     port = free_port()
-    server = DtrServer("127.0.0.1", port, data_dir, env)
+    server = DtrServer("127.0.0.1", port, data_dir, env,
+                       admin_password=ADMIN_PASSWORD if auth else "")
     log = open(data_dir / f"dtr-{port}.log", "wb")  # noqa: SIM115 - closed below
     server.proc = subprocess.Popen(
-        [sys.executable, "-m", "dtr", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "dtr", "serve", "--port", str(port), "--workers", str(workers),
+         *args],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"{server.url}/v2/", 60, server.proc)
+        wait_http(f"{server.url}/v2/", 60, server.proc, ok=(200, 401))
         yield server
     finally:
         _stop(server.proc)

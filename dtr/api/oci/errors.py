@@ -70,7 +70,9 @@ MAPPING: list[tuple[type[e.DtrError], str, int | None]] = [
     (e.ManifestTooLarge, "MANIFEST_INVALID", 413),
     (e.BlobTooLarge, "SIZE_INVALID", 413),
     (e.TooManyTags, "UNSUPPORTED", 414),
+    (e.Unauthorized, "UNAUTHORIZED", None),
     (e.Denied, "DENIED", None),
+    (e.RateLimited, "TOOMANYREQUESTS", None),
     (e.Unsupported, "UNSUPPORTED", 400),
 ]
 

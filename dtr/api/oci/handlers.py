@@ -18,7 +18,7 @@ from litestar.response import Redirect, Stream
 
 from dtr.api.oci.errors import classify, envelope
 from dtr.api.oci.responses import PathSendResponse, supports_pathsend
-from dtr.api.oci.security import AccessControl
+from dtr.api.oci.security import AccessControl, Challenge
 from dtr.core import mediatypes as mt
 from dtr.core.referrers import referrers_index
 from dtr.core.registry import Registry
@@ -28,6 +28,7 @@ from dtr.errors import (
     ManifestTooLarge,
     PaginationInvalid,
     RangeInvalid,
+    RateLimited,
     UploadInvalid,
 )
 
@@ -67,13 +68,18 @@ def reply(status: int, body: bytes = b"", media_type: str = JSON,
 def error_response(exc: DtrError, head: bool = False) -> Response[bytes]:
     """Render a domain error as the OCI envelope (503 for unavailable backends)."""
     status, code = classify(exc)
+    extra: dict[str, str] = {}
+    if isinstance(exc, Challenge):
+        extra["WWW-Authenticate"] = exc.header
+    if isinstance(exc, RateLimited):
+        extra["Retry-After"] = str(exc.retry_after)
     if code is None:
         if status == 503:
             return reply(503, f"{exc.message}; retry later\n".encode(), "text/plain",
                          {"Retry-After": "5"})
         log.error("unclassified error: %s", exc)
         return reply(500, b"internal error\n", "text/plain")
-    return reply(status, b"" if head else envelope(code, exc.message, exc.detail))
+    return reply(status, b"" if head else envelope(code, exc.message, exc.detail), JSON, extra)
 
 
 async def with_errors(ctx: OciContext, request: Req, handler: Handler,
@@ -353,7 +359,7 @@ async def tags_list(ctx: OciContext, request: Req, p: dict[str, str]) -> Respons
 
 async def catalog(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/_catalog?n=&last=``: repositories the caller can pull."""
-    await ctx.access.require(request, None, ())
+    await ctx.access.require(request, None, ("catalog",))
     n, last = _page_params(request)
     page = await ctx.registry.tags.catalog(
         n, last, lambda repo: ctx.access.may_pull(request, repo))

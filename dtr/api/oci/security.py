@@ -1,9 +1,13 @@
 """The policy enforcement point of ``/v2``: every OCI request names the repository and the
 actions it needs, and one ``AccessControl`` decides before a handler runs.
 
-Until token authentication lands (issue 3) the only implementation is ``OpenAccess``: the
-registry is open, like distribution without an ``auth`` section, and binds 127.0.0.1 by
-default. ``may_pull`` is what mount and catalog use to avoid leaking other repositories.
+``TokenAccess`` is the resource server of Docker token authentication: it accepts only
+bearer tokens issued by dtr's token endpoint (ES256, verified with public keys and cached
+until expiry), checks the token's ``access`` list, and answers anything missing with a 401
+challenge naming exactly the scopes the request needs (``error="insufficient_scope"`` or
+``"invalid_token"`` when a token was presented). Push and delete are re-checked against
+the live policy so a revoked grant does not wait for token expiry. ``OpenAccess`` is the
+switched-off mode (``auth.enabled: false``) for isolated test registries.
 """
 
 from __future__ import annotations
@@ -12,33 +16,153 @@ from typing import Any, Literal, Protocol
 
 from litestar import Request
 
-Action = Literal["pull", "push", "delete"]
+from dtr.api.context import Security
+from dtr.auth.principal import Principal
+from dtr.auth.scopes import scope_allows
+from dtr.auth.tokens import Claims
+from dtr.errors import Denied, InvalidToken, Unauthorized
+
+Action = Literal["pull", "push", "delete", "catalog"]
+Req = Request[Any, Any, Any]
+#: Actions re-checked against the live policy on every request, not only at token issue.
+RECHECK = frozenset({"push", "delete"})
 
 
 class AccessControl(Protocol):
     """Decides whether a request may act on a repository."""
 
-    async def require(self, request: Request, repository: str | None,  # type: ignore[type-arg]
+    async def require(self, request: Req, repository: str | None,
                       actions: tuple[Action, ...]) -> None:
-        """Return to allow; raise ``dtr.errors.Denied`` (or an auth challenge) to refuse.
+        """Return to allow; raise ``Challenge`` (401) or ``dtr.errors.Denied`` (403).
 
-        ``repository`` None is a registry-wide request (``/v2/``, ``/v2/_catalog``).
+        ``repository`` None is a registry-wide request: ``/v2/`` (any valid token, even
+        with an empty ``access`` list) or the catalog (``actions == ("catalog",)``).
         """
         ...
 
-    def may_pull(self, request: Request[Any, Any, Any], repository: str) -> bool:
-        """True if the caller may read ``repository`` (for mount sources and catalog)."""
+    def may_pull(self, request: Req, repository: str) -> bool:
+        """True if the caller may read ``repository`` (mount sources, catalog entries).
+
+        Only valid after ``require`` has accepted the same request.
+        """
         ...
 
 
-class OpenAccess:
-    """No authentication configured: every request is allowed."""
+class Challenge(Unauthorized):
+    """A 401 with the ``WWW-Authenticate`` value the client needs to get a token."""
 
-    async def require(self, request: Request, repository: str | None,  # type: ignore[type-arg]
+    def __init__(self, message: str, header: str, detail: Any = None) -> None:
+        super().__init__(message, detail)
+        self.header = header
+
+
+class OpenAccess:
+    """Authentication switched off: every request is allowed."""
+
+    async def require(self, request: Req, repository: str | None,
                       actions: tuple[Action, ...]) -> None:
         """Allow."""
         return
 
-    def may_pull(self, request: Request[Any, Any, Any], repository: str) -> bool:
+    def may_pull(self, request: Req, repository: str) -> bool:
         """Allow."""
         return True
+
+
+class TokenAccess:
+    """Docker token authentication + Casbin re-checks for ``/v2``."""
+
+    def __init__(self, security: Security, public_url: str = "") -> None:
+        self.security = security
+        self.public_url = public_url.rstrip("/")
+
+    def realm(self, request: Req) -> str:
+        """The token endpoint's absolute URL."""
+        if self.public_url:
+            return f"{self.public_url}/auth/token"
+        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+        host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+        return f"{scheme}://{host}/auth/token"
+
+    def challenge(self, request: Req, scope: str | None, error: str | None,
+                  message: str, detail: Any = None) -> Challenge:
+        """A 401 naming the scope the request needs."""
+        parts = [f'realm="{self.realm(request)}"',
+                 f'service="{self.security.service(request)}"']
+        if scope:
+            parts.append(f'scope="{scope}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return Challenge(message, "Bearer " + ",".join(parts), detail)
+
+    async def require(self, request: Req, repository: str | None,
+                      actions: tuple[Action, ...]) -> None:
+        """Check the bearer token's access list (and the live policy for push/delete)."""
+        if repository is None:
+            scope = "registry:catalog:*" if actions == ("catalog",) else None
+        else:
+            scope = f"repository:{repository}:{','.join(actions)}"
+        header = request.headers.get("authorization", "")
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise self.challenge(request, scope, None, "authentication required",
+                                 _detail(repository, actions))
+        try:
+            claims = self.security.verifier.verify(token.strip(), self.security.service(request))
+        except InvalidToken as exc:
+            raise self.challenge(request, scope, "invalid_token", exc.message) from None
+        request.state.dtr_claims = claims
+        if repository is None:
+            if scope and not _has(claims, "registry", "catalog", "*"):
+                raise self.challenge(request, scope, "insufficient_scope",
+                                     "the token does not grant the catalog")
+            return
+        missing = [a for a in actions if not _has(claims, "repository", repository, a)]
+        if missing:
+            raise self.challenge(request, scope, "insufficient_scope",
+                                 f"the token does not grant {','.join(missing)} on "
+                                 f"{repository}", _detail(repository, tuple(missing)))
+        recheck = [a for a in actions if a in RECHECK]
+        if recheck:
+            principal = claims.principal()
+            policy = self.security.policy
+            for action in recheck:
+                if policy.allowed(principal.subject, repository, action):
+                    continue
+                # the token was issued on a fresher policy than this worker's (a grant made
+                # a moment ago): read the version once before refusing
+                if await policy.refresh() and policy.allowed(principal.subject, repository,
+                                                             action):
+                    continue
+                raise Denied(f"{action} on {repository} is no longer allowed for "
+                             f"{principal.name or 'anonymous'}")
+
+    def may_pull(self, request: Req, repository: str) -> bool:
+        """Pull on ``repository``: in the token (mount sources), else by the live policy
+        narrowed by the token's personal-access-token scopes (catalog entries).
+        """
+        claims: Claims | None = getattr(request.state, "dtr_claims", None)
+        if claims is None:
+            return False
+        if _has(claims, "repository", repository, "pull"):
+            return True
+        principal: Principal = claims.principal()
+        if principal.scopes is not None and not scope_allows(principal.scopes, repository,
+                                                             "pull"):
+            return False
+        return self.security.policy.allowed(principal.subject, repository, "pull")
+
+
+def _has(claims: Claims, rtype: str, name: str, action: str) -> bool:
+    for item in claims.access:
+        if item.get("type") == rtype and item.get("name") == name:
+            granted = item.get("actions") or []
+            if action in granted or "*" in granted:
+                return True
+    return False
+
+
+def _detail(repository: str | None, actions: tuple[str, ...]) -> list[dict[str, str]] | None:
+    if repository is None:
+        return None
+    return [{"Type": "repository", "Name": repository, "Action": a} for a in actions]

@@ -1,0 +1,299 @@
+"""The admin API's request and response bodies (msgspec Structs) and the conversions from
+the auth and policy layers' values. Secrets appear only in the ``*Created`` bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+Name = Annotated[str, Meta(min_length=1, max_length=64,
+                           description="lowercase letters, digits, . _ - (64 at most)")]
+Days = Annotated[int, Meta(ge=0, le=36500)]
+Effect = Literal["allow", "deny"]
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of request bodies: unknown fields are refused (a typo never passes silently)."""
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+class UserCreate(Body):
+    """A new user account."""
+
+    name: Name
+    password: str
+    email: str | None = None
+
+
+class UserUpdate(Body):
+    """Changes to a user; absent (null) fields stay as they are. ``email: ""`` clears it."""
+
+    password: str | None = None
+    email: str | None = None
+    disabled: bool | None = None
+
+
+class OrgCreate(Body):
+    """A new organization; the creator becomes its owner."""
+
+    name: Name
+    description: str | None = None
+    public: bool = False
+
+
+class OrgUpdate(Body):
+    """Changes to an organization; absent fields stay as they are."""
+
+    description: str | None = None
+    public: bool | None = None
+
+
+class TeamCreate(Body):
+    """A new team in an organization."""
+
+    name: Name
+    description: str | None = None
+
+
+class GrantSpec(Body):
+    """A role on repositories matching a glob (``**`` = the whole org)."""
+
+    role: str
+    repository: str = "**"
+
+
+class RobotCreate(Body):
+    """A new robot account. ``expires_in_days``: null = the server default, 0 = never."""
+
+    name: Name
+    description: str | None = None
+    expires_in_days: Days | None = None
+    grants: list[GrantSpec] = msgspec.field(default_factory=list)
+
+
+class RobotUpdate(Body):
+    """Changes to a robot; absent (null) fields stay. ``expires_in_days``: 0 = never,
+    n = n days from now. ``description: ""`` clears it.
+    """
+
+    description: str | None = None
+    disabled: bool | None = None
+    expires_in_days: Days | None = None
+
+
+class RoleCreate(Body):
+    """A new custom role: its actions and the roles it includes."""
+
+    name: Name
+    actions: list[str] = msgspec.field(default_factory=list)
+    includes: list[str] = msgspec.field(default_factory=list)
+    description: str | None = None
+
+
+class RoleUpdate(Body):
+    """Changes to a custom role; absent fields stay as they are (lists are replaced)."""
+
+    actions: list[str] | None = None
+    includes: list[str] | None = None
+    description: str | None = None
+
+
+class GrantCreate(Body):
+    """A grant: ``subject`` holds (or is denied) ``role`` on ``repository`` in ``org``."""
+
+    subject: str
+    org: str
+    role: str
+    repository: str = "**"
+    effect: Effect = "allow"
+
+
+class TokenCreate(Body):
+    """A new personal access token; ``scopes`` null = the account's full rights."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    scopes: list[str] | None = None
+    expires_in_days: Annotated[int, Meta(ge=1)] | None = None
+
+
+class CheckRow(Body):
+    """One decision-table row: the expected outcome of one request."""
+
+    subject: str
+    repository: str
+    action: str
+    expected: Effect
+
+
+class CheckRequest(Body):
+    """A decision table to evaluate against the live policy."""
+
+    rows: list[CheckRow]
+
+
+# -- responses --------------------------------------------------------------------------------
+
+class Me(msgspec.Struct, kw_only=True):
+    """The caller."""
+
+    name: str
+    kind: str
+    subject: str
+    method: str
+    teams: list[str]
+    system_roles: list[str]
+    token_id: str | None = None
+    scopes: list[str] | None = None
+
+
+class User(msgspec.Struct, kw_only=True):
+    """A user account (never its password hash)."""
+
+    name: str
+    email: str | None
+    disabled: bool
+    created_by: str | None
+    created_at: dt.datetime
+    last_login_at: dt.datetime | None
+
+
+class Org(msgspec.Struct, kw_only=True):
+    """An organization; ``public`` = anyone may pull (an anonymous reader grant)."""
+
+    name: str
+    description: str | None
+    public: bool
+    created_by: str | None
+    created_at: dt.datetime
+
+
+class Team(msgspec.Struct, kw_only=True):
+    """A team and its member subjects."""
+
+    org: str
+    name: str
+    description: str | None
+    members: list[str]
+    created_at: dt.datetime
+
+
+class Robot(msgspec.Struct, kw_only=True):
+    """A robot account (never its secret)."""
+
+    name: str
+    org: str | None
+    description: str | None
+    disabled: bool
+    expires_at: dt.datetime | None
+    created_by: str | None
+    created_at: dt.datetime
+    last_login_at: dt.datetime | None
+
+
+class RobotCreated(Robot, kw_only=True):
+    """A new robot with its secret, shown this once."""
+
+    secret: str
+    grants: list[Grant] = msgspec.field(default_factory=list)
+
+
+class RobotSecret(msgspec.Struct, kw_only=True):
+    """A regenerated robot secret, shown this once."""
+
+    name: str
+    secret: str
+    expires_at: dt.datetime | None
+
+
+class Role(msgspec.Struct, kw_only=True):
+    """A role: the actions it holds directly and the roles it includes."""
+
+    name: str
+    description: str | None
+    builtin: bool
+    actions: list[str]
+    includes: list[str]
+
+
+class Grant(msgspec.Struct, kw_only=True):
+    """A grant (``org`` ``*`` = system-wide)."""
+
+    id: int
+    subject: str
+    org: str
+    repository: str
+    role: str
+    effect: Effect
+
+
+class Token(msgspec.Struct, kw_only=True):
+    """A personal access (or refresh) token, never its secret."""
+
+    id: str
+    name: str
+    kind: str
+    scopes: list[str] | None
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class TokenCreated(Token, kw_only=True):
+    """A new token with its secret, shown this once."""
+
+    secret: str
+
+
+class Decision(msgspec.Struct, kw_only=True):
+    """An explained policy decision."""
+
+    allowed: bool
+    subject: str
+    domain: str
+    object: str
+    action: str
+    rule: list[str] | None
+    chain: list[str]
+    reason: str
+
+
+class CheckResult(msgspec.Struct, kw_only=True):
+    """One evaluated decision-table row."""
+
+    subject: str
+    repository: str
+    action: str
+    expected: Effect
+    actual: Effect
+    ok: bool
+    reason: str
+    rule: list[str] | None
+
+
+class CheckReport(msgspec.Struct, kw_only=True):
+    """A whole decision table: every row, and the rows that did not match."""
+
+    ok: bool
+    rows: list[CheckResult]
+    mismatches: list[CheckResult]
+
+
+def convert(value: Any, schema: type[S], **extra: Any) -> S:
+    """Build ``schema`` from the same-named attributes of ``value`` plus ``extra`` fields.
+
+    Other attributes of ``value`` are ignored (the auth and policy values may grow).
+
+    Raises:
+        msgspec.ValidationError: a field is missing or has the wrong type (a bug here).
+    """
+    names = {f.name for f in msgspec.structs.fields(schema)}
+    data = {n: getattr(value, n) for n in names if hasattr(value, n)}
+    data.update(extra)
+    return msgspec.convert(data, schema)

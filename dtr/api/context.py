@@ -1,0 +1,115 @@
+"""``Security``: the authentication and authorization services every API surface shares
+(the ``/v2`` enforcement point, the token endpoint, the admin API), built once by the
+composition root, plus how a request's caller and client address are worked out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+
+from dtr.auth.accounts import AccountService
+from dtr.auth.credentials import CredentialVerifier
+from dtr.auth.principal import ANONYMOUS, Principal
+from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
+from dtr.config import AuthSettings
+from dtr.db.database import Database
+from dtr.errors import InvalidToken, Unauthorized
+from dtr.policy.admin import PolicyAdmin
+from dtr.policy.enforcer import PolicyEngine
+
+Req = Request[Any, Any, Any]
+PAT_PREFIX = "dtr_pat_"
+
+
+@dataclass(slots=True)
+class Security:
+    """The auth services of one worker process."""
+
+    settings: AuthSettings
+    db: Database
+    accounts: AccountService
+    credentials: CredentialVerifier
+    policy: PolicyEngine
+    policy_admin: PolicyAdmin
+    keys: TokenKeys
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """True unless authentication is switched off (open test registries)."""
+        return self.settings.enabled
+
+    def service(self, request: Req) -> str:
+        """The token ``service`` / JWT audience: configured, else the request's host."""
+        return self.settings.token.service or request.headers.get("host", "dtr")
+
+    def client_ip(self, request: Req) -> str:
+        """The client address: the socket peer, or the right-most untrusted hop of
+        ``X-Forwarded-For`` when the peer is a trusted proxy.
+        """
+        peer = request.client.host if request.client else ""
+        if not self.trusted_proxies or not self._trusted(peer):
+            return peer
+        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")
+                if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_proxies)
+
+    async def principal(self, request: Req) -> Principal:
+        """Who is calling the admin API: ``Bearer <personal access token>`` or ``Basic``
+        (password, personal access token or robot secret); no header = anonymous.
+
+        Raises:
+            Unauthorized: credentials were presented and are not valid.
+            RateLimited: too many failed logins from this account or address.
+        """
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if not header:
+            return ANONYMOUS
+        ip = self.client_ip(request)
+        if scheme == "bearer" and value.startswith(PAT_PREFIX):
+            return await self.credentials.verify_pat(value, ip)
+        if scheme == "bearer":
+            # registry tokens carry repository scopes for /v2 only; the admin API takes
+            # personal access tokens or Basic credentials
+            raise InvalidToken("the admin API takes a personal access token "
+                               "(Bearer dtr_pat_...) or Basic credentials, not a registry token")
+        if scheme == "basic":
+            username, password = basic_credentials(value)
+            return await self.credentials.verify_basic(username, password, ip)
+        raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
+
+
+def basic_credentials(value: str) -> tuple[str, str]:
+    """Decode a Basic ``user:password`` value.
+
+    Raises:
+        Unauthorized: not valid base64 or no colon.
+    """
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidToken("malformed basic credentials") from None
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        raise InvalidToken("malformed basic credentials")
+    return username, password

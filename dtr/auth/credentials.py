@@ -1,0 +1,253 @@
+"""Credential checks: a username and password (user password, user personal access token,
+robot secret), a refresh token or a personal access token → :class:`Principal`, with
+failed-login limits. The only place that decides whether presented secrets are right.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Connection, select, update
+
+from dtr.auth.accounts import decode_scopes, parse_token
+from dtr.auth.passwords import (
+    hash_password_async,
+    needs_rehash,
+    secret_matches,
+    verify_password_async,
+)
+from dtr.auth.principal import AuthMethod, Principal
+from dtr.auth.ratelimit import LoginLimiter
+from dtr.db.base import utcnow
+from dtr.db.database import Database
+from dtr.db.models import AccessToken, Account
+from dtr.errors import Unauthorized
+
+BAD_LOGIN = "invalid username or password"
+BAD_TOKEN = "invalid, expired or revoked token"  # noqa: S105 (a message, not a secret)
+TOUCH_INTERVAL = dt.timedelta(seconds=60)
+"""``last_login_at`` / ``last_used_at`` are written at most this often per account/token."""
+_MAX_USERNAME = 255
+
+
+@dataclass(frozen=True, slots=True)
+class _Login:
+    """What a check reads about the account (and the token, when one was presented)."""
+
+    account_id: int
+    name: str
+    kind: Literal["user", "robot"]
+    secret_hash: str | None
+    disabled: bool
+    expires_at: dt.datetime | None
+    last_login_at: dt.datetime | None
+    token_id: str | None = None
+    token_kind: str | None = None
+    token_hash: str | None = None
+    token_scopes: str | None = None
+    token_expires_at: dt.datetime | None = None
+    token_revoked_at: dt.datetime | None = None
+    token_last_used_at: dt.datetime | None = None
+
+    def usable(self, now: dt.datetime) -> bool:
+        """Account enabled and unexpired; the token (if any) unrevoked and unexpired."""
+        return not (self.disabled or _passed(self.expires_at, now)
+                    or self.token_revoked_at is not None
+                    or _passed(self.token_expires_at, now))
+
+
+class CredentialVerifier:
+    """Turns presented credentials into a :class:`Principal`.
+
+    Contract (every method; ``tests/contracts/test_credential_verifiers.py`` holds each
+    credential kind to it, on SQLite and PostgreSQL):
+
+    * Right credentials of an enabled, unexpired account (and an unrevoked, unexpired
+      token) → the principal: ``kind`` and ``name`` of the account, its ``account_id``,
+      ``method`` (``password``, ``pat``, ``robot_secret``, ``refresh_token``), and for
+      tokens ``token_id`` and the token's ``scopes`` restriction (``None`` = full rights).
+    * Anything wrong — unknown user, wrong secret, a token of another account or of the
+      wrong kind, disabled or expired account, expired or revoked token, malformed input —
+      → :class:`~dtr.errors.Unauthorized` with one fixed message per method that never
+      says which part was wrong.
+    * Secrets are compared in constant time: argon2 for passwords (run against a dummy
+      hash when the account does not exist, in a worker thread so the event loop stays
+      free), ``hmac.compare_digest`` on SHA-256 for random secrets (against a dummy hash
+      when the row does not exist).
+    * Rate limits: the limiter is checked before any secret is compared
+      (:class:`~dtr.errors.RateLimited` with ``retry_after``, the same for existing and
+      unknown names), every failure is counted against the client address and, for
+      ``verify_basic``, the username; a success clears the username's count.
+    * A success records ``last_login_at`` (and the token's ``last_used_at``) at most once
+      a minute, so steady token traffic causes no writes.
+
+    Args:
+        db: the metadata database.
+        limiter: the shared failed-login limiter.
+    """
+
+    def __init__(self, db: Database, limiter: LoginLimiter) -> None:
+        self.db = db
+        self.limiter = limiter
+
+    async def verify_basic(self, username: str, password: str, client_ip: str) -> Principal:
+        """Check HTTP Basic credentials (the token endpoint, the admin API).
+
+        ``username`` + password of a user; ``username`` + one of that user's personal
+        access tokens (``dtr_pat_…``) as the password; ``robot$…`` + the robot's secret.
+
+        Raises:
+            Unauthorized: ``"invalid username or password"``.
+            RateLimited: too many failures for this username or address.
+        """
+        parsed = parse_token(password) if password.startswith("dtr_") else None
+
+        def read(conn: Connection) -> tuple[bool, _Login | None]:
+            had = self.limiter.check_tx(conn, username, client_ip)
+            if parsed is not None:
+                return had, _load_token(conn, parsed[1])
+            return had, _load_account(conn, username) if _storable(username) else None
+
+        had_failures, login = await self.db.run(read, write=False)
+        now = utcnow()
+        method: AuthMethod
+        if parsed is not None:
+            method = "pat"
+            ok = (secret_matches(parsed[2], login.token_hash if login else None)
+                  and login is not None and parsed[0] == "pat" and login.token_kind == parsed[0]
+                  and login.kind == "user" and login.name == username)
+        elif username.startswith("robot$"):
+            method = "robot_secret"
+            ok = (secret_matches(password, login.secret_hash if login else None)
+                  and login is not None and login.kind == "robot")
+        else:
+            method = "password"
+            stored = login.secret_hash if login is not None and login.kind == "user" else None
+            ok = await verify_password_async(password, stored)
+        if not ok or login is None or not login.usable(now):
+            await self._failed(username, client_ip)
+            raise Unauthorized(BAD_LOGIN)
+        rehash = None
+        if method == "password" and login.secret_hash and needs_rehash(login.secret_hash):
+            rehash = await hash_password_async(password)
+        await self._succeeded(login, now, username, client_ip, had_failures, rehash)
+        return _principal(login, method)
+
+    async def verify_refresh_token(self, token: str, client_ip: str) -> Principal:
+        """Check a refresh token (``dtr_rt_…``; the OAuth2 ``refresh_token`` grant).
+
+        Raises:
+            Unauthorized: ``"invalid, expired or revoked token"``.
+            RateLimited: too many failures from this address.
+        """
+        return await self._verify_token(token, "refresh", client_ip)
+
+    async def verify_pat(self, token: str, client_ip: str) -> Principal:
+        """Check a personal access token (``dtr_pat_…``; ``Authorization: Bearer`` on the
+        admin API).
+
+        Raises:
+            Unauthorized: ``"invalid, expired or revoked token"``.
+            RateLimited: too many failures from this address.
+        """
+        return await self._verify_token(token, "pat", client_ip)
+
+    async def _verify_token(self, token: str, kind: Literal["pat", "refresh"],
+                            client_ip: str) -> Principal:
+        # Token random parts carry 256 bits: guessing one is hopeless, so only the address
+        # is limited (an account key would let anyone holding an id lock its owner out).
+        parsed = parse_token(token)
+
+        def read(conn: Connection) -> _Login | None:
+            self.limiter.check_tx(conn, "", client_ip)
+            return None if parsed is None else _load_token(conn, parsed[1])
+
+        login = await self.db.run(read, write=False)
+        now = utcnow()
+        ok = (secret_matches(parsed[2] if parsed else "", login.token_hash if login else None)
+              and parsed is not None and login is not None and parsed[0] == kind
+              and login.token_kind == kind and (kind == "refresh" or login.kind == "user"))
+        if not ok or login is None or not login.usable(now):
+            await self._failed("", client_ip)
+            raise Unauthorized(BAD_TOKEN)
+        await self._succeeded(login, now, "", client_ip, False, None)
+        return _principal(login, "pat" if kind == "pat" else "refresh_token")
+
+    async def _failed(self, account: str, client_ip: str) -> None:
+        await self.db.run(lambda conn: self.limiter.failed_tx(conn, account, client_ip),
+                          write=True)
+
+    async def _succeeded(self, login: _Login, now: dt.datetime, account: str, client_ip: str,
+                         had_failures: bool, rehash: str | None) -> None:
+        touch_account = _stale(login.last_login_at, now)
+        touch_token = login.token_id is not None and _stale(login.token_last_used_at, now)
+        if not (touch_account or touch_token or had_failures or rehash):
+            return
+
+        def write(conn: Connection) -> None:
+            if had_failures:
+                self.limiter.succeeded_tx(conn, account, client_ip)
+            if touch_account:
+                conn.execute(update(Account).where(Account.id == login.account_id)
+                             .values(last_login_at=now))
+            if touch_token:
+                conn.execute(update(AccessToken).where(AccessToken.id == login.token_id)
+                             .values(last_used_at=now))
+            if rehash:  # only if the password did not change meanwhile
+                conn.execute(update(Account).where(Account.id == login.account_id,
+                                                   Account.secret_hash == login.secret_hash)
+                             .values(secret_hash=rehash))
+
+        await self.db.run(write, write=True)
+
+
+def _principal(login: _Login, method: AuthMethod) -> Principal:
+    return Principal(login.kind, login.name, account_id=login.account_id, method=method,
+                     token_id=login.token_id, scopes=decode_scopes(login.token_scopes))
+
+
+def _storable(name: str) -> bool:
+    """False for names no account can have and the database may refuse.
+
+    That is names with NUL or lone surrogates, or longer than the column.
+    """
+    if len(name) > _MAX_USERNAME or "\x00" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _passed(when: dt.datetime | None, now: dt.datetime) -> bool:
+    return when is not None and when <= now
+
+
+def _stale(when: dt.datetime | None, now: dt.datetime) -> bool:
+    return when is None or now - when >= TOUCH_INTERVAL
+
+
+_ACCOUNT_COLUMNS = (Account.id.label("account_id"), Account.name, Account.kind,
+                    Account.secret_hash, Account.disabled, Account.expires_at,
+                    Account.last_login_at)
+
+
+def _load_account(conn: Connection, name: str) -> _Login | None:
+    row = conn.execute(select(*_ACCOUNT_COLUMNS).where(Account.name == name)).first()
+    return None if row is None else _Login(**row._mapping)
+
+
+def _load_token(conn: Connection, token_id: str) -> _Login | None:
+    row = conn.execute(
+        select(*_ACCOUNT_COLUMNS, AccessToken.id.label("token_id"),
+               AccessToken.kind.label("token_kind"), AccessToken.secret_hash.label("token_hash"),
+               AccessToken.scopes.label("token_scopes"),
+               AccessToken.expires_at.label("token_expires_at"),
+               AccessToken.revoked_at.label("token_revoked_at"),
+               AccessToken.last_used_at.label("token_last_used_at"))
+        .select_from(AccessToken).join(Account, Account.id == AccessToken.account_id)
+        .where(AccessToken.id == token_id)).first()
+    return None if row is None else _Login(**row._mapping)

@@ -1,0 +1,702 @@
+"""The admin commands of the ``dtr`` CLI (login, users, orgs, teams, robots, roles, grants,
+tokens, policy explain/check): a thin mirror of ``/api/v1`` through ``dtr.client``.
+``dtr/cli.py`` registers ``ADMIN_COMMANDS``; never imports litestar or the server layers
+(``dtr.policy`` only for ``policy check --offline``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import click
+
+from dtr.client import AdminClient, ApiError
+
+CONFIG_ENV = "DTR_CLI_CONFIG"
+URL_ENV, TOKEN_ENV = "DTR_CLI_URL", "DTR_CLI_TOKEN"
+PAT_PREFIX = "dtr_pat_"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- configuration and output ---------------------------------------------------------------
+
+def config_path() -> Path:
+    """``$DTR_CLI_CONFIG`` or ``~/.config/dtr/cli.json``."""
+    return Path(os.environ.get(CONFIG_ENV) or Path.home() / ".config/dtr/cli.json")
+
+
+def load_config() -> dict[str, Any]:
+    """The saved login (empty when there is none); ``DTR_CLI_URL``/``DTR_CLI_TOKEN`` win."""
+    path, saved = config_path(), {}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot read {path}: {exc}") from None
+    if os.environ.get(URL_ENV) and os.environ.get(TOKEN_ENV):
+        saved = {"url": os.environ[URL_ENV], "token": os.environ[TOKEN_ENV]}
+    return saved if isinstance(saved, dict) else {}
+
+
+def save_config(data: dict[str, Any]) -> Path:
+    """Write the login file with mode 0600 (it holds a token)."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    path.chmod(0o600)
+    return path
+
+
+def connect() -> AdminClient:
+    """A client for the saved login."""
+    cfg = load_config()
+    if not cfg.get("url") or not cfg.get("token"):
+        raise click.ClickException("not logged in: run `dtr login URL` first")
+    return AdminClient(cfg["url"], token=cfg["token"])
+
+
+def call(fn: Callable[[AdminClient], Any]) -> Any:
+    """Run ``fn`` with a connected client; an API error becomes a CLI error (exit 1)."""
+    with connect() as client:
+        return fn(client)
+
+
+class ApiCommand(click.Command):
+    """A command that prints a refused request's problem detail and exits 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning ``ApiError`` into a message on stderr."""
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            lines = [str(exc)]
+            lines += ["  " + (", ".join(f"{k}={v}" for k, v in err.items())
+                              if isinstance(err, dict) else str(err))
+                      for err in exc.problem.get("errors") or []]
+            raise click.ClickException("\n".join(lines)) from None
+
+
+class ApiGroup(click.Group):
+    """A group whose commands are ``ApiCommand``s."""
+
+    command_class = ApiCommand
+
+
+def json_option(fn: F) -> F:
+    """Add ``--json`` (machine-readable output) to a command."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON instead of a table.")(fn)
+
+
+def emit(data: Any, as_json: bool, columns: Sequence[str] = ()) -> None:
+    """Print ``data`` as JSON or as a table of ``columns`` (a dict as key: value lines)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif isinstance(data, list):
+        click.echo(table(data, columns))
+    elif isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        for key, value in data.items():
+            click.echo(f"{key:<{width}}  {_cell(value)}")
+
+
+def table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as an aligned text table with a header."""
+    cells = [[c.upper() for c in columns]]
+    cells += [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def new_password(stdin: bool) -> str:
+    """A new password from stdin (first line) or an interactive prompt with confirmation."""
+    if stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+# -- login ------------------------------------------------------------------------------
+
+@click.command("login", cls=ApiCommand)
+@click.argument("url")
+@click.option("--username", "-u", default=None, help="Account name (prompted if needed).")
+@click.option("--token-stdin", is_flag=True, help="Read an existing personal access token "
+              "from stdin instead of prompting.")
+def login(url: str, username: str | None, token_stdin: bool) -> None:
+    """Log in to the registry at URL and save a personal access token for the CLI.
+
+    With a password, a token named ``dtr-cli@<hostname>`` is minted; the password is
+    never stored.
+    """
+    if "://" not in url:
+        local = urlsplit(f"//{url}").hostname in ("localhost", "127.0.0.1", "::1")
+        url = f"{'http' if local else 'https'}://{url}"
+    if token_stdin:
+        secret = sys.stdin.readline().strip()
+    else:
+        username = username or click.prompt("Username", default=os.environ.get("USER"))
+        secret = click.prompt("Password or token", hide_input=True)
+    if secret.startswith(PAT_PREFIX) or token_stdin:
+        with AdminClient(url, token=secret) as client:
+            me = client.get("/me")
+        saved = {"url": url, "token": secret, "username": me["name"], "minted": False}
+    else:
+        with AdminClient(url, basic=(username or "", secret)) as client:
+            made = client.post("/tokens", {"name": f"dtr-cli@{socket.gethostname()}"})
+        saved = {"url": url, "token": made["secret"], "username": username,
+                 "token_id": made["id"], "minted": True}
+    path = save_config(saved)
+    click.echo(f"Logged in to {url} as {saved['username']} (token saved in {path})")
+
+
+@click.command("logout", cls=ApiCommand)
+def logout() -> None:
+    """Forget the saved login (and revoke the token ``dtr login`` minted)."""
+    path, cfg = config_path(), load_config()
+    if cfg.get("minted") and cfg.get("token_id"):
+        try:
+            call(lambda c: c.delete(f"/tokens/{cfg['token_id']}"))
+        except ApiError as exc:
+            click.echo(f"warning: could not revoke the token: {exc}", err=True)
+    path.unlink(missing_ok=True)
+    click.echo("Logged out")
+
+
+@click.command("whoami", cls=ApiCommand)
+@json_option
+def whoami(as_json: bool) -> None:
+    """Show who the saved login is."""
+    emit(call(lambda c: c.get("/me")), as_json)
+
+
+# -- users ------------------------------------------------------------------------------
+
+USER_COLUMNS = ("name", "email", "disabled", "created_at", "last_login_at")
+
+
+@click.group("user", cls=ApiGroup)
+def user() -> None:
+    """User accounts (system administrators)."""
+
+
+@user.command("list")
+@json_option
+def user_list(as_json: bool) -> None:
+    """List users."""
+    emit(call(lambda c: c.get("/users")), as_json, USER_COLUMNS)
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--email", default=None)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@json_option
+def user_create(name: str, email: str | None, password_stdin: bool, as_json: bool) -> None:
+    """Create user NAME (the password is prompted for)."""
+    body = {"name": name, "email": email, "password": new_password(password_stdin)}
+    emit(call(lambda c: c.post("/users", body)), as_json)
+
+
+@user.command("show")
+@click.argument("name")
+@json_option
+def user_show(name: str, as_json: bool) -> None:
+    """Show user NAME."""
+    emit(call(lambda c: c.get(f"/users/{name}")), as_json)
+
+
+@user.command("update")
+@click.argument("name")
+@click.option("--email", default=None, help="New e-mail address ('' clears it).")
+@click.option("--disable/--enable", "disabled", default=None, help="Lock or unlock the account.")
+@click.option("--set-password", is_flag=True, help="Prompt for a new password.")
+@click.option("--password-stdin", is_flag=True, help="Read a new password from stdin.")
+@json_option
+def user_update(name: str, email: str | None, disabled: bool | None, set_password: bool,
+                password_stdin: bool, as_json: bool) -> None:
+    """Change user NAME's e-mail, password or lock state."""
+    body: dict[str, Any] = {"email": email, "disabled": disabled}
+    if set_password or password_stdin:
+        body["password"] = new_password(password_stdin)
+    emit(call(lambda c: c.patch(f"/users/{name}", body)), as_json)
+
+
+@user.command("delete")
+@click.argument("name")
+@click.confirmation_option(prompt="Delete this user and all their grants and tokens?")
+def user_delete(name: str) -> None:
+    """Delete user NAME, their grants, team memberships and tokens."""
+    call(lambda c: c.delete(f"/users/{name}"))
+    click.echo(f"deleted user {name}")
+
+
+# -- organizations and teams ------------------------------------------------------------
+
+ORG_COLUMNS = ("name", "public", "description", "created_by", "created_at")
+
+
+@click.group("org", cls=ApiGroup)
+def org() -> None:
+    """Organizations (namespaces)."""
+
+
+@org.command("list")
+@json_option
+def org_list(as_json: bool) -> None:
+    """List the organizations you can see."""
+    emit(call(lambda c: c.get("/orgs")), as_json, ORG_COLUMNS)
+
+
+@org.command("create")
+@click.argument("name")
+@click.option("--description", default=None)
+@click.option("--public/--private", default=False, show_default=True,
+              help="Public: anyone may pull, even without logging in.")
+@json_option
+def org_create(name: str, description: str | None, public: bool, as_json: bool) -> None:
+    """Create organization NAME (you become its owner)."""
+    body = {"name": name, "description": description, "public": public}
+    emit(call(lambda c: c.post("/orgs", body)), as_json)
+
+
+@org.command("show")
+@click.argument("name")
+@json_option
+def org_show(name: str, as_json: bool) -> None:
+    """Show organization NAME."""
+    emit(call(lambda c: c.get(f"/orgs/{name}")), as_json)
+
+
+@org.command("update")
+@click.argument("name")
+@click.option("--description", default=None)
+@click.option("--public/--private", default=None)
+@json_option
+def org_update(name: str, description: str | None, public: bool | None, as_json: bool) -> None:
+    """Change organization NAME's description or visibility."""
+    body = {"description": description, "public": public}
+    emit(call(lambda c: c.patch(f"/orgs/{name}", body)), as_json)
+
+
+@org.command("delete")
+@click.argument("name")
+@click.confirmation_option(prompt="Delete this organization, its teams, robots and grants?")
+def org_delete(name: str) -> None:
+    """Delete organization NAME with its teams, robots and grants."""
+    call(lambda c: c.delete(f"/orgs/{name}"))
+    click.echo(f"deleted organization {name}")
+
+
+@click.group("team", cls=ApiGroup)
+def team() -> None:
+    """Teams inside an organization."""
+
+
+@team.command("list")
+@click.argument("org_name", metavar="ORG")
+@json_option
+def team_list(org_name: str, as_json: bool) -> None:
+    """List ORG's teams."""
+    emit(call(lambda c: c.get(f"/orgs/{org_name}/teams")), as_json,
+         ("name", "description", "members"))
+
+
+@team.command("create")
+@click.argument("org_name", metavar="ORG")
+@click.argument("name")
+@click.option("--description", default=None)
+@json_option
+def team_create(org_name: str, name: str, description: str | None, as_json: bool) -> None:
+    """Create team NAME in ORG."""
+    body = {"name": name, "description": description}
+    emit(call(lambda c: c.post(f"/orgs/{org_name}/teams", body)), as_json)
+
+
+@team.command("delete")
+@click.argument("org_name", metavar="ORG")
+@click.argument("name")
+def team_delete(org_name: str, name: str) -> None:
+    """Delete team NAME of ORG (and its grants)."""
+    call(lambda c: c.delete(f"/orgs/{org_name}/teams/{name}"))
+    click.echo(f"deleted team {org_name}/{name}")
+
+
+@team.command("members")
+@click.argument("org_name", metavar="ORG")
+@click.argument("name")
+@json_option
+def team_members(org_name: str, name: str, as_json: bool) -> None:
+    """List the members of team NAME in ORG."""
+    members = call(lambda c: c.get(f"/orgs/{org_name}/teams/{name}/members"))
+    emit(members if as_json else [{"user": m} for m in members], as_json, ("user",))
+
+
+@team.command("add-member")
+@click.argument("org_name", metavar="ORG")
+@click.argument("name")
+@click.argument("username")
+def team_add_member(org_name: str, name: str, username: str) -> None:
+    """Add USERNAME to team NAME in ORG."""
+    call(lambda c: c.put(f"/orgs/{org_name}/teams/{name}/members/{username}"))
+    click.echo(f"added {username} to {org_name}/{name}")
+
+
+@team.command("remove-member")
+@click.argument("org_name", metavar="ORG")
+@click.argument("name")
+@click.argument("username")
+def team_remove_member(org_name: str, name: str, username: str) -> None:
+    """Remove USERNAME from team NAME in ORG."""
+    call(lambda c: c.delete(f"/orgs/{org_name}/teams/{name}/members/{username}"))
+    click.echo(f"removed {username} from {org_name}/{name}")
+
+
+# -- robots -----------------------------------------------------------------------------
+
+def _robots(org_name: str | None) -> str:
+    return f"/orgs/{org_name}/robots" if org_name else "/robots"
+
+
+org_option = click.option("--org", "org_name", default=None,
+                          help="The robot's organization (none: a system robot).")
+
+
+def _show_secret(made: dict[str, Any], as_json: bool) -> None:
+    emit(made, as_json)
+    if not as_json:
+        click.echo("\nThe secret is shown only once: store it now.", err=True)
+
+
+@click.group("robot", cls=ApiGroup)
+def robot() -> None:
+    """Robot accounts for CI and automation."""
+
+
+@robot.command("list")
+@org_option
+@json_option
+def robot_list(org_name: str | None, as_json: bool) -> None:
+    """List an organization's robots (or the system robots)."""
+    emit(call(lambda c: c.get(_robots(org_name))), as_json,
+         ("name", "description", "expires_at", "disabled", "created_by"))
+
+
+@robot.command("create")
+@click.argument("name")
+@org_option
+@click.option("--description", default=None)
+@click.option("--expires-in-days", type=int, default=None,
+              help="Days until the robot expires (0 = never; default: the server's).")
+@click.option("--grant", "grants", multiple=True, metavar="ROLE:GLOB",
+              help="Grant ROLE on the repositories GLOB matches (repeatable; org robots).")
+@json_option
+def robot_create(name: str, org_name: str | None, description: str | None,
+                 expires_in_days: int | None, grants: tuple[str, ...], as_json: bool) -> None:
+    """Create robot NAME and print its secret (once)."""
+    parsed = []
+    for grant in grants:
+        role, sep, glob = grant.partition(":")
+        if not role:
+            raise click.BadParameter(f"{grant!r}: use ROLE:GLOB", param_hint="--grant")
+        parsed.append({"role": role, "repository": glob if sep and glob else "**"})
+    body = {"name": name, "description": description, "expires_in_days": expires_in_days,
+            "grants": parsed}
+    _show_secret(call(lambda c: c.post(_robots(org_name), body)), as_json)
+
+
+@robot.command("update")
+@click.argument("name")
+@org_option
+@click.option("--description", default=None, help='New description ("" clears it).')
+@click.option("--disable/--enable", "disabled", default=None,
+              help="Disable (logins refused at once) or enable the robot.")
+@click.option("--expires-in-days", type=int, default=None,
+              help="New expiry, counted from now (0 = never).")
+@json_option
+def robot_update(name: str, org_name: str | None, description: str | None,
+                 disabled: bool | None, expires_in_days: int | None, as_json: bool) -> None:
+    """Change robot NAME's description, disabled flag or expiry."""
+    body = {k: v for k, v in {"description": description, "disabled": disabled,
+                              "expires_in_days": expires_in_days}.items() if v is not None}
+    emit(call(lambda c: c.patch(f"{_robots(org_name)}/{name}", body)), as_json)
+
+
+@robot.command("delete")
+@click.argument("name")
+@org_option
+def robot_delete(name: str, org_name: str | None) -> None:
+    """Delete robot NAME and its grants."""
+    call(lambda c: c.delete(f"{_robots(org_name)}/{name}"))
+    click.echo(f"deleted robot {name}")
+
+
+@robot.command("regenerate")
+@click.argument("name")
+@org_option
+@json_option
+def robot_regenerate(name: str, org_name: str | None, as_json: bool) -> None:
+    """Replace robot NAME's secret and print the new one (once)."""
+    _show_secret(call(lambda c: c.post(f"{_robots(org_name)}/{name}/secret")), as_json)
+
+
+# -- roles and grants -------------------------------------------------------------------
+
+@click.group("role", cls=ApiGroup)
+def role() -> None:
+    """Roles: named sets of actions (built-in ones cannot change)."""
+
+
+@role.command("list")
+@json_option
+def role_list(as_json: bool) -> None:
+    """List roles."""
+    emit(call(lambda c: c.get("/roles")), as_json,
+         ("name", "builtin", "actions", "includes", "description"))
+
+
+@role.command("show")
+@click.argument("name")
+@json_option
+def role_show(name: str, as_json: bool) -> None:
+    """Show role NAME."""
+    emit(call(lambda c: c.get(f"/roles/{name}")), as_json)
+
+
+def _role_options(fn: F) -> F:
+    fn = click.option("--description", default=None)(fn)
+    fn = click.option("--include", "includes", multiple=True,
+                      help="A role whose actions this role also holds (repeatable).")(fn)
+    return click.option("--action", "actions", multiple=True,
+                        help="An action the role holds (repeatable).")(fn)
+
+
+@role.command("create")
+@click.argument("name")
+@_role_options
+@json_option
+def role_create(name: str, actions: tuple[str, ...], includes: tuple[str, ...],
+                description: str | None, as_json: bool) -> None:
+    """Create custom role NAME."""
+    body = {"name": name, "actions": list(actions), "includes": list(includes),
+            "description": description}
+    emit(call(lambda c: c.post("/roles", body)), as_json)
+
+
+@role.command("update")
+@click.argument("name")
+@_role_options
+@json_option
+def role_update(name: str, actions: tuple[str, ...], includes: tuple[str, ...],
+                description: str | None, as_json: bool) -> None:
+    """Replace custom role NAME's actions, includes or description (those given)."""
+    body = {"actions": list(actions) or None, "includes": list(includes) or None,
+            "description": description}
+    emit(call(lambda c: c.patch(f"/roles/{name}", body)), as_json)
+
+
+@role.command("delete")
+@click.argument("name")
+def role_delete(name: str) -> None:
+    """Delete custom role NAME (refused while a grant uses it)."""
+    call(lambda c: c.delete(f"/roles/{name}"))
+    click.echo(f"deleted role {name}")
+
+
+GRANT_COLUMNS = ("id", "subject", "org", "repository", "role", "effect")
+
+
+@click.group("grant", cls=ApiGroup)
+def grant() -> None:
+    """Grants: a subject holds a role on repositories of an organization."""
+
+
+@grant.command("list")
+@click.option("--org", "org_name", default=None, help="Only this organization ('*': system).")
+@click.option("--subject", default=None, help="Only this subject (user:alice, team:acme/devs).")
+@json_option
+def grant_list(org_name: str | None, subject: str | None, as_json: bool) -> None:
+    """List grants."""
+    emit(call(lambda c: c.get("/grants", org=org_name, subject=subject)), as_json,
+         GRANT_COLUMNS)
+
+
+@grant.command("create")
+@click.option("--subject", required=True,
+              help="user:<name>, robot:<name>, team:<org>/<team> or anonymous.")
+@click.option("--org", "org_name", required=True, help="Organization ('*' = system-wide).")
+@click.option("--role", "role_name", required=True)
+@click.option("--repository", default="**", show_default=True,
+              help="Repository glob inside the org (acme/prod/**); ** = the whole org.")
+@click.option("--deny", is_flag=True, help="A deny grant (deny overrides allow).")
+@json_option
+def grant_create(subject: str, org_name: str, role_name: str, repository: str, deny: bool,
+                 as_json: bool) -> None:
+    """Grant a role to a subject."""
+    body = {"subject": subject, "org": org_name, "role": role_name, "repository": repository,
+            "effect": "deny" if deny else "allow"}
+    emit(call(lambda c: c.post("/grants", body)), as_json)
+
+
+@grant.command("delete")
+@click.argument("grant_id", metavar="ID", type=int)
+def grant_delete(grant_id: int) -> None:
+    """Delete grant ID."""
+    call(lambda c: c.delete(f"/grants/{grant_id}"))
+    click.echo(f"deleted grant {grant_id}")
+
+
+# -- personal access tokens -------------------------------------------------------------
+
+@click.group("token", cls=ApiGroup)
+def token() -> None:
+    """Your personal access tokens."""
+
+
+@token.command("list")
+@json_option
+def token_list(as_json: bool) -> None:
+    """List your tokens (never their secrets)."""
+    emit(call(lambda c: c.get("/tokens")), as_json,
+         ("id", "name", "kind", "scopes", "expires_at", "last_used_at", "revoked_at"))
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, metavar="repository:GLOB:ACTIONS",
+              help="Limit the token (repeatable); none = your full rights.")
+@click.option("--expires-in-days", type=int, default=None, help="Lifetime (default 90).")
+@json_option
+def token_create(name: str, scopes: tuple[str, ...], expires_in_days: int | None,
+                 as_json: bool) -> None:
+    """Create a token and print its secret (once)."""
+    body = {"name": name, "scopes": list(scopes) or None, "expires_in_days": expires_in_days}
+    _show_secret(call(lambda c: c.post("/tokens", body)), as_json)
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID")
+def token_revoke(token_id: str) -> None:
+    """Revoke token ID (effective at once)."""
+    call(lambda c: c.delete(f"/tokens/{token_id}"))
+    click.echo(f"revoked token {token_id}")
+
+
+# -- policy explain / check -------------------------------------------------------------
+
+@click.group("policy", cls=ApiGroup)
+def policy() -> None:
+    """Ask why a request is allowed or denied; test decision tables."""
+
+
+@policy.command("explain")
+@click.option("--subject", default=None, help="Whose access (default: you).")
+@click.option("--repository", default=None, help="A repository path (repository actions).")
+@click.option("--org", "org_name", default=None, help="An organization (org actions).")
+@click.option("--object", "obj", default=None, help="The object, for org or system actions.")
+@click.option("--action", required=True, help="pull, push, delete, org:read, org:admin, …")
+@json_option
+def policy_explain(subject: str | None, repository: str | None, org_name: str | None,
+                   obj: str | None, action: str, as_json: bool) -> None:
+    """Explain the decision for one request: allowed or not, the rule and the chain."""
+    params = {"subject": subject, "repository": repository, "org": org_name, "object": obj,
+              "action": action}
+    decision = call(lambda c: c.get("/authz/explain", **params))
+    if as_json:
+        emit(decision, True)
+        return
+    verdict = "ALLOWED" if decision["allowed"] else "DENIED"
+    click.echo(f"{verdict}: {decision['subject']} {decision['action']} "
+               f"{decision['object']} (org {decision['domain']})")
+    click.echo(f"reason: {decision['reason']}")
+    if decision.get("rule"):
+        click.echo(f"rule:   {', '.join(decision['rule'])}")
+    if decision.get("chain"):
+        click.echo(f"chain:  {' → '.join(decision['chain'])}")
+
+
+def _offline_mismatches(table_path: Path, policy_csv: Path) -> tuple[int, list[dict[str, Any]]]:
+    """Run the table against ``policies/`` + ``policy_csv`` with the offline engine."""
+    from dtr.errors import Invalid  # noqa: PLC0415 - only the offline path needs the engine
+    from dtr.policy.enforcer import OfflineEngine, check_table, load_table  # noqa: PLC0415
+
+    try:
+        rows = load_table(table_path)
+        found = check_table(OfflineEngine.from_files(policy_csv), rows)
+    except Invalid as exc:
+        raise click.ClickException(exc.message) from None
+    return len(rows), [{"line": m.line, "subject": m.subject, "repository": m.object,
+                        "action": m.action, "expected": m.expected, "actual": m.got,
+                        "reason": m.reason} for m in found]
+
+
+def _online_mismatches(table_path: Path) -> tuple[int, list[dict[str, Any]]]:
+    """Run the table against the server's live policy (``POST /authz/check``)."""
+    from dtr.policy.enforcer import load_table  # noqa: PLC0415 - the same CSV reader
+
+    rows = load_table(table_path)
+    columns = ("subject", "repository", "action", "expected")
+    for row in rows:
+        if any(not row.get(c) for c in columns):
+            raise click.ClickException(f"{table_path}:{row['line']}: needs "
+                                       f"{', '.join(columns)} (header row first)")
+    body = {"rows": [{c: row[c].lower() if c == "expected" else row[c] for c in columns}
+                     for row in rows]}
+    report = call(lambda c: c.post("/authz/check", body))
+    return len(rows), [{"line": int(row["line"]), **result}
+                       for row, result in zip(rows, report["rows"], strict=True)
+                       if not result["ok"]]
+
+
+@policy.command("check")
+@click.argument("table_path", metavar="FILE.csv", type=click.Path(exists=True, dir_okay=False,
+                                                                   path_type=Path))
+@click.option("--offline", is_flag=True, help="Evaluate locally against policies/ and --policy "
+              "instead of asking the server.")
+@click.option("--policy", "policy_csv", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help="Policy CSV (p, g, g2 lines) for --offline.")
+@json_option
+def policy_check(table_path: Path, offline: bool, policy_csv: Path | None,
+                 as_json: bool) -> None:
+    """Check a decision table (CSV header: subject,repository,action,expected with
+    expected allow|deny); exit 1 and print the rows that do not match.
+    """
+    if offline and policy_csv is None:
+        raise click.UsageError("--offline needs --policy FILE.csv")
+    total, bad = (_offline_mismatches(table_path, policy_csv) if offline and policy_csv
+                  else _online_mismatches(table_path))
+    if as_json:
+        emit({"rows": total, "mismatches": bad}, True)
+    elif bad:
+        click.echo(table(bad, ("line", "subject", "repository", "action", "expected", "actual",
+                               "reason")))
+        click.echo(f"{len(bad)} of {total} rows do not match", err=True)
+    else:
+        click.echo(f"all {total} rows match")
+    if bad:
+        sys.exit(1)
+
+
+ADMIN_COMMANDS: list[click.Command] = [login, logout, whoami, user, org, team, robot, role,
+                                       grant, token, policy]
+"""The commands ``dtr/cli.py`` registers: ``for c in ADMIN_COMMANDS: main.add_command(c)``."""

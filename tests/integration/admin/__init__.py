@@ -1,0 +1,1 @@
+"""Admin API (/api/v1) and admin CLI tests."""
