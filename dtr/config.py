@@ -30,7 +30,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """HTTP server."""
 
     host: str = "127.0.0.1"
-    """Address to bind. Keep 127.0.0.1 until authentication is configured."""
+    """Address to bind (``0.0.0.0`` for every interface)."""
     port: int = 5000
     """TCP port."""
     workers: int = 2

@@ -6,6 +6,7 @@ failed-login limits. The only place that decides whether presented secrets are r
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -88,9 +89,42 @@ class CredentialVerifier:
         limiter: the shared failed-login limiter.
     """
 
-    def __init__(self, db: Database, limiter: LoginLimiter) -> None:
+    def __init__(self, db: Database, limiter: LoginLimiter,
+                 recheck_seconds: float = 5.0) -> None:
         self.db = db
         self.limiter = limiter
+        self.recheck_seconds = recheck_seconds
+        self._valid: dict[tuple[str, str | None], tuple[bool, float]] = {}
+
+    async def still_valid(self, principal: Principal) -> bool:
+        """True while the principal's account is enabled and unexpired and the personal
+        access or refresh token it logged in with (if any) is unrevoked and unexpired.
+
+        Used to re-check push and delete during a registry token's lifetime, so disabling
+        an account or revoking a token stops writes within ``recheck_seconds`` (answers
+        are cached that long per account and token). Anonymous is always valid.
+        """
+        if principal.is_anonymous:
+            return True
+        key = (principal.name, principal.token_id if principal.method in ("pat",
+                                                                          "refresh_token")
+               else None)
+        now = time.monotonic()
+        cached = self._valid.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+
+        def read(conn: Connection) -> _Login | None:
+            if key[1] is not None:
+                return _load_token(conn, key[1])
+            return _load_account(conn, key[0])
+
+        login = await self.db.run(read, write=False)
+        valid = login is not None and login.name == principal.name and login.usable(utcnow())
+        if len(self._valid) > 10_000:
+            self._valid.clear()
+        self._valid[key] = (valid, now + self.recheck_seconds)
+        return valid
 
     async def verify_basic(self, username: str, password: str, client_ip: str) -> Principal:
         """Check HTTP Basic credentials (the token endpoint, the admin API).

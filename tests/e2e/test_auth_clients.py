@@ -235,3 +235,28 @@ def test_disabled_and_expired_robots_are_refused(client: Client, secured: Any,
     tokens = httpx.get(f"{server.url}/auth/token",
                        auth=(robot["name"], robot["secret"]), timeout=10)
     assert tokens.status_code == 401, json.dumps(tokens.json())
+
+
+def test_wrong_credentials_fail_fast_in_crane_and_regctl(client: Client, secured: Any) -> None:
+    server, _ = secured
+    crane = client.run_any([peer("crane"), "auth", "login", server.addr, "-u", "dev", "-p",
+                            "wrong-password-1"], timeout=60)
+    if crane.returncode == 0:  # crane stores without checking: the next call must fail
+        listed = client.run_any([peer("crane"), "ls", "--insecure", f"{server.addr}/acme/app"],
+                                timeout=60)
+        client.run("crane", "auth", "logout", server.addr)
+        assert listed.returncode != 0
+        assert "401" in listed.stderr or "UNAUTHORIZED" in listed.stderr, listed.stderr
+    client.run("regctl", "registry", "set", server.addr, "--tls", "disabled")
+    reg = client.run_any([peer("regctl"), "registry", "login", server.addr, "-u", "dev", "-p",
+                          "wrong-password-1"], timeout=60)
+    assert reg.returncode != 0, reg.stdout
+
+
+def test_no_secret_reaches_the_server_log(secured: Any) -> None:
+    """Passwords, robot secrets and tokens used above never appear in the server's log."""
+    server, creds = secured
+    log = "\n".join(p.read_text(errors="replace") for p in server.data_dir.glob("dtr-*.log"))
+    for secret in (DEV_PW, READER_PW, server.admin_password, creds["robot_secret"],
+                   creds["pat"], "wrong-password-1", "not-the-password"):
+        assert secret not in log

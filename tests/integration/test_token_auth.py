@@ -258,3 +258,43 @@ def test_jwks_publishes_the_signing_key(app_client: TestClient[Any]) -> None:
     keys = app_client.get("/auth/jwks.json").json()["keys"]
     assert head["kid"] in [k["kid"] for k in keys]
     assert all("d" not in k for k in keys)
+
+
+def test_disabling_the_account_stops_push_before_token_expiry(
+        app_client: TestClient[Any]) -> None:
+    sec = app_client.app.state.security
+    tok = token(app_client, "repository:acme/app:pull,push", user="alice",
+                password=ALICE_PW)["token"]
+    assert push_blob(app_client, "acme/app", tok, b"before") == 201
+    sec.credentials._valid.clear()  # the 5 s re-check cache: as if 5 s had passed
+
+    def disable(conn: Any) -> None:
+        accounts.update_user(conn, "alice", disabled=True)
+
+    app_client.blocking_portal.call(partial(sec.db.run, disable, write=True))
+    sec.credentials._valid.clear()
+    r = app_client.post("/v2/acme/app/blobs/uploads/", headers=bearer(tok))
+    assert r.status_code == 401
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_revoking_a_personal_access_token_stops_push(app_client: TestClient[Any]) -> None:
+    sec = app_client.app.state.security
+
+    def make(conn: Any) -> Any:
+        return accounts.create_token(conn, "alice", "ci", scopes=None)
+
+    pat = app_client.blocking_portal.call(partial(sec.db.run, make, write=True))
+    tok = token(app_client, "repository:acme/app:pull,push", user="alice",
+                password=pat.secret)["token"]
+    assert push_blob(app_client, "acme/app", tok, b"pat") == 201
+
+    def revoke(conn: Any) -> None:
+        accounts.revoke_token(conn, "alice", pat.info.id)
+
+    app_client.blocking_portal.call(partial(sec.db.run, revoke, write=True))
+    sec.credentials._valid.clear()
+    r = app_client.post("/v2/acme/app/blobs/uploads/", headers=bearer(tok))
+    assert r.status_code == 401
+    r = app_client.get("/auth/token", headers=basic("alice", pat.secret))
+    assert r.status_code == 401

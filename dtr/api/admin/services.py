@@ -26,7 +26,7 @@ from dtr.policy.actions import ANONYMOUS, SYSTEM
 from dtr.policy.admin import Grant
 
 T = TypeVar("T")
-PUBLIC_ROLE = "reader"
+PUBLIC_ROLE = "pull"  # the action, not the reader role: never org:read
 OWNER_ROLE = "owner"
 DEFAULT_TOKEN_DAYS = 90
 MINTING_METHODS = frozenset({"password", "pat", "oidc"})
@@ -170,14 +170,15 @@ class AdminService(ServiceBase):
     # -- organizations -----------------------------------------------------------------------
 
     async def list_orgs(self, caller: Caller) -> list[OrgView]:
-        """The organizations the caller may read (``org:read``)."""
+        """The organizations the caller may read (``org:read``), and every public one."""
         def tx(conn: Connection) -> tuple[list[OrgInfo], set[str]]:
             public = {g.org for g in pol.list_grants(conn, subject=ANONYMOUS)
                       if g.repository == "**" and g.role == PUBLIC_ROLE and g.effect == "allow"}
             return acc.list_orgs(conn), public
 
         orgs, public = await self._read(tx)
-        return [OrgView(o, o.name in public) for o in orgs if caller.may("org:read", o.name)]
+        return [OrgView(o, o.name in public) for o in orgs
+                if o.name in public or caller.may("org:read", o.name)]
 
     async def get_org(self, name: str) -> OrgView:
         """One organization.

@@ -6,7 +6,8 @@ bearer tokens issued by dtr's token endpoint (ES256, verified with public keys a
 until expiry), checks the token's ``access`` list, and answers anything missing with a 401
 challenge naming exactly the scopes the request needs (``error="insufficient_scope"`` or
 ``"invalid_token"`` when a token was presented). Push and delete are re-checked against
-the live policy so a revoked grant does not wait for token expiry. ``OpenAccess`` is the
+the live policy and the account's state (disabled, expired, token revoked; cached 5 s), so
+a revoked grant or credential does not wait for token expiry. ``OpenAccess`` is the
 switched-off mode (``auth.enabled: false``) for isolated test registries.
 """
 
@@ -125,6 +126,10 @@ class TokenAccess:
         recheck = [a for a in actions if a in RECHECK]
         if recheck:
             principal = claims.principal()
+            if not await self.security.credentials.still_valid(principal):
+                raise self.challenge(request, scope, "invalid_token",
+                                     "the account is disabled or expired, or the token it "
+                                     "logged in with was revoked")
             policy = self.security.policy
             for action in recheck:
                 if policy.allowed(principal.subject, repository, action):

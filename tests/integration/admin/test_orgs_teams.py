@@ -60,7 +60,7 @@ def test_show_update_delete_need_read_and_admin(api: Api) -> None:
     problem(api.delete("/orgs/nowhere"), 404)
 
 
-def test_public_toggle_is_an_anonymous_reader_grant(api: Api) -> None:
+def test_public_toggle_is_an_anonymous_pull_grant(api: Api) -> None:
     problem(api.get("/authz/explain", subject="anonymous", repository="acme/app",
                     action="pull", as_="bob"), 403)
     r = api.patch("/orgs/acme", {"public": True}, as_="alice")
@@ -68,7 +68,10 @@ def test_public_toggle_is_an_anonymous_reader_grant(api: Api) -> None:
     assert api.get("/orgs/acme").json()["public"] is True
     grants = api.get("/grants", org="acme", subject="anonymous").json()
     assert [(g["repository"], g["role"], g["effect"]) for g in grants] == [
-        ("**", "reader", "allow")]
+        ("**", "pull", "allow")]
+    teams = api.get("/authz/explain", subject="user:bob", org="acme", object="acme",
+                    action="org:read").json()
+    assert teams["allowed"] is False, "public means pull, not the org's teams and grants"
     assert api.patch("/orgs/acme", {"public": True}, as_="alice").status_code == 200
     assert len(api.get("/grants", org="acme", subject="anonymous").json()) == 1
     assert "acme" in [o["name"] for o in api.get("/orgs", as_="bob").json()]
@@ -84,7 +87,9 @@ def test_create_public_org(api: Api) -> None:
     r = api.post("/orgs", {"name": "pub", "public": True}, as_="bob")
     assert r.status_code == 201
     assert r.json()["public"] is True
-    assert api.get("/orgs/pub", as_="alice").json()["public"] is True
+    listed = {o["name"]: o["public"] for o in api.get("/orgs", as_="alice").json()}
+    assert listed["pub"] is True
+    assert api.get("/orgs/pub", as_="alice").status_code == 403  # pull only, not org:read
 
 
 def test_delete_org_removes_teams_robots_and_grants(api: Api) -> None:
