@@ -2,6 +2,7 @@
 an isolated environment for the real clients (crane, oras, regctl, helm, skopeo).
 
 * ``embedded`` — the embedded default: SQLite + filesystem storage in a temp folder.
+* ``embedded_auth`` — the same with authentication on (clients log in as the admin).
 * ``pg_minio`` — PostgreSQL 15 (initdb in a temp folder) + MinIO (S3 storage driver).
 
 Clients never see the real home folder: ``client`` points HOME, the XDG folders,
@@ -36,6 +37,13 @@ def server_log_tail(server: DtrServer, lines: int = 60) -> str:
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DtrServer]:
     """A live dtr on its embedded default (SQLite + filesystem), 2 workers."""
     with dtr_server(tmp_path_factory.mktemp("embedded")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def embedded_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DtrServer]:
+    """The embedded default with authentication on (as shipped), 2 workers."""
+    with dtr_server(tmp_path_factory.mktemp("embedded-auth"), auth=True) as server:
         yield server
 
 

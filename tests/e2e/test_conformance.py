@@ -1,6 +1,7 @@
 """The OCI distribution-spec conformance suite (the April 2026 runner, pinned in
 ``tests/support/peers.py``) against a live dtr: the embedded default (SQLite +
-filesystem) and PostgreSQL + MinIO.
+filesystem), PostgreSQL + MinIO (both with authentication off: the protocol itself), and
+the embedded default with authentication on, logging in through the token endpoint.
 
 Every API group is claimed: pull, push, content discovery (tags list, referrers), content
 management (blob, manifest and tag deletes), anonymous mount, and the ``1.1+dev`` checks
@@ -121,12 +122,17 @@ def verdict(results: Path, proc: subprocess.CompletedProcess[str]) -> list[str]:
     return problems
 
 
-def run_conformance(registry: str, scratch: Path) -> tuple[Path,
-                                                            subprocess.CompletedProcess[str]]:
-    """Run the runner from an empty scratch folder (it would load ./oci-conformance.yaml)."""
+def run_conformance(registry: str, scratch: Path,
+                    login: tuple[str, str] | None = None) -> tuple[
+                        Path, subprocess.CompletedProcess[str]]:
+    """Run the runner from an empty scratch folder (it would load ./oci-conformance.yaml);
+    with ``login`` it authenticates through dtr's token endpoint."""
     scratch.mkdir(parents=True, exist_ok=True)
     results = scratch / "results"
-    proc = subprocess.run([peer("conformance")], env=conformance_env(registry, results),
+    env = conformance_env(registry, results)
+    if login:
+        env["OCI_USERNAME"], env["OCI_PASSWORD"] = login
+    proc = subprocess.run([peer("conformance")], env=env,
                           cwd=scratch, capture_output=True, text=True, timeout=600, check=False)
     return results, proc
 
@@ -159,11 +165,12 @@ def _failure_report(problems: list[str], proc: subprocess.CompletedProcess[str],
         "--- dtr server log (tail) ---", server_log_tail(server, 40)])
 
 
-@pytest.mark.parametrize("backend", ["embedded", "pg_minio"])
+@pytest.mark.parametrize("backend", ["embedded", "pg_minio", "embedded_auth"])
 def test_oci_conformance(backend: str, request: pytest.FixtureRequest,
                          tmp_path: Path) -> None:
     server: DtrServer = request.getfixturevalue(backend)
-    results, proc = run_conformance(server.addr, tmp_path / "scratch")
+    login = ("admin", server.admin_password) if server.admin_password else None
+    results, proc = run_conformance(server.addr, tmp_path / "scratch", login)
     keep_reports(results, proc, backend.replace("_", "-"))
     problems = verdict(results, proc)
     if problems:
