@@ -6,6 +6,9 @@ failed-login limits. The only place that decides whether presented secrets are r
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +31,8 @@ from dtr.errors import Unauthorized
 
 BAD_LOGIN = "invalid username or password"
 BAD_TOKEN = "invalid, expired or revoked token"  # noqa: S105 (a message, not a secret)
+VERIFIED_TTL = 300.0
+"""Seconds a successful password check is remembered (as a keyed MAC bound to the hash)."""
 TOUCH_INTERVAL = dt.timedelta(seconds=60)
 """``last_login_at`` / ``last_used_at`` are written at most this often per account/token."""
 _MAX_USERNAME = 255
@@ -76,7 +81,10 @@ class CredentialVerifier:
     * Secrets are compared in constant time: argon2 for passwords (run against a dummy
       hash when the account does not exist, in a worker thread so the event loop stays
       free), ``hmac.compare_digest`` on SHA-256 for random secrets (against a dummy hash
-      when the row does not exist).
+      when the row does not exist). A password that passed argon2 is remembered for
+      ``VERIFIED_TTL`` seconds as a MAC under a per-process random key, bound to the stored
+      hash, so repeated logins skip argon2 while a wrong password never does and a changed
+      password is never accepted from memory.
     * Rate limits: the limiter is checked before any secret is compared
       (:class:`~dtr.errors.RateLimited` with ``retry_after``, the same for existing and
       unknown names), every failure is counted against the client address and, for
@@ -95,6 +103,11 @@ class CredentialVerifier:
         self.limiter = limiter
         self.recheck_seconds = recheck_seconds
         self._valid: dict[tuple[str, str | None], tuple[bool, float]] = {}
+        # argon2 costs ~45 ms of CPU by design; a client logging in again and again (one
+        # token request per repository and per pull) is answered from a keyed MAC of the
+        # password bound to the stored hash, for VERIFIED_TTL seconds
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: dict[str, tuple[bytes, str, float]] = {}
 
     async def still_valid(self, principal: Principal) -> bool:
         """True while the principal's account is enabled and unexpired and the personal
@@ -159,7 +172,11 @@ class CredentialVerifier:
         else:
             method = "password"
             stored = login.secret_hash if login is not None and login.kind == "user" else None
-            ok = await verify_password_async(password, stored)
+            ok = self._recently_verified(username, password, stored)
+            if not ok:
+                ok = await verify_password_async(password, stored)
+                if ok and stored is not None:
+                    self._remember(username, password, stored)
         if not ok or login is None or not login.usable(now):
             await self._failed(username, client_ip)
             raise Unauthorized(BAD_LOGIN)
@@ -168,6 +185,26 @@ class CredentialVerifier:
             rehash = await hash_password_async(password)
         await self._succeeded(login, now, username, client_ip, had_failures, rehash)
         return _principal(login, method)
+
+    def _mac(self, username: str, password: str) -> bytes:
+        return hmac.new(self._cache_key, f"{username}\0{password}".encode(),
+                        hashlib.sha256).digest()
+
+    def _recently_verified(self, username: str, password: str, stored: str | None) -> bool:
+        """True if this exact password passed argon2 against this exact stored hash in the
+        last ``VERIFIED_TTL`` seconds (a keyed MAC, never the password, is kept; a password
+        change or a new hash misses).
+        """
+        entry = self._verified.get(username)
+        if entry is None or stored is None or entry[1] != stored or entry[2] < time.monotonic():
+            return False
+        return hmac.compare_digest(entry[0], self._mac(username, password))
+
+    def _remember(self, username: str, password: str, stored: str) -> None:
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[username] = (self._mac(username, password), stored,
+                                    time.monotonic() + VERIFIED_TTL)
 
     async def verify_refresh_token(self, token: str, client_ip: str) -> Principal:
         """Check a refresh token (``dtr_rt_…``; the OAuth2 ``refresh_token`` grant).

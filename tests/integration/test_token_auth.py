@@ -298,3 +298,20 @@ def test_revoking_a_personal_access_token_stops_push(app_client: TestClient[Any]
     assert r.status_code == 401
     r = app_client.get("/auth/token", headers=basic("alice", pat.secret))
     assert r.status_code == 401
+
+
+def test_a_changed_password_is_never_accepted_from_the_login_cache(
+        app_client: TestClient[Any]) -> None:
+    sec = app_client.app.state.security
+    for _ in range(2):  # the second login is answered from the verified-password cache
+        token(app_client, user="alice", password=ALICE_PW)
+
+    def change(conn: Any) -> None:
+        accounts.update_user(conn, "alice", password="alice-password-2")
+
+    app_client.blocking_portal.call(partial(sec.db.run, change, write=True))
+    r = app_client.get("/auth/token", headers=basic("alice", ALICE_PW))
+    assert r.status_code == 401
+    token(app_client, user="alice", password="alice-password-2")
+    r = app_client.get("/auth/token", headers=basic("alice", "wrong-password-9"))
+    assert r.status_code == 401
