@@ -8,11 +8,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, exists, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, select, update
 
 from dtr.core.hooks import RegistryEvent
 from dtr.core.reference import Digest
-from dtr.core.store import Store, ensure_repo, insert_for, repo_id, storage_guard
+from dtr.core.store import Store, ensure_repo, for_dialect, per_dialect, repo_id, storage_guard
 from dtr.db.base import utcnow
 from dtr.db.models import Blob, Repository, RepositoryBlob, Upload
 from dtr.errors import BlobUnknown, Unavailable, Unsupported, UploadInvalid
@@ -168,7 +168,7 @@ class BlobService:
         await self.store.run(unlink)
 
     async def commit(self, repository: str, digest: str, size: int, parts: list[str],
-                     upload_id: str | None = None) -> None:
+                     upload_id: str | None = None, *, claimed: bool | None = None) -> None:
         """Make verified upload ``parts`` the blob ``digest``, link it, end the upload.
 
         The blob row is claimed before the bytes move, a row GC is deleting is waited out,
@@ -177,20 +177,26 @@ class BlobService:
         points at. A GC whose grace is shorter than the commit may still take the row
         between claim and link: the claim is then retried, and the upload fails only if
         the bytes GC deleted were already moved out of it. The upload row (``upload_id``)
-        is deleted in the transaction that writes the link.
+        is deleted in the transaction that writes the link. ``claimed`` is the result of a
+        :func:`claim_row` the caller already committed (True: inserted, False: touched),
+        which then stands for the first claim.
 
         Raises:
             UploadInvalid: the upload's segments are gone (expired or collected).
             Unavailable: GC kept taking the blob, or the storage failed.
         """
         key = blob_key(digest)
-        for _round in range(10):
-            inserted = await self._claim(digest, size)
+        for round_ in range(10):
+            inserted = (claimed if round_ == 0 and claimed is not None
+                        else await self._claim(digest, size))
             try:
                 with storage_guard():
                     # Bytes already at the key (another push's, or ours from a round GC
                     # interrupted) are the same content: keep the upload's segments unused.
-                    if not await self._stored(key):
+                    # A row we inserted had no bytes GC could be deleting (GC deletes only
+                    # under a row), so anything at the key is an orphan copy of the same
+                    # content: replace it without looking.
+                    if inserted or not await self._stored(key):
                         await self._place(parts, key)
             except Exception:
                 if inserted:
@@ -207,9 +213,9 @@ class BlobService:
         Waits while GC holds the row in state ``deleting``.
         """
         for _attempt in range(600):
-            claimed = await self.store.run(lambda s: _claim(s, digest, size))
-            if claimed is not None:
-                return claimed
+            row = await self.store.run(lambda s: claim_row(s, digest, size))
+            if row is not None:
+                return row
             await asyncio.sleep(0.05)
         raise Unavailable("blob is being garbage collected; retry")
 
@@ -234,7 +240,7 @@ class BlobService:
             raise UploadInvalid("upload data is missing; start again") from None
 
 
-def _claim(s: Connection, digest: str, size: int) -> bool | None:
+def claim_row(s: Connection, digest: str, size: int) -> bool | None:
     """Insert the blob row (True), touch a ``present`` one (False), or None while GC
     holds it in state ``deleting``.
 
@@ -243,12 +249,11 @@ def _claim(s: Connection, digest: str, size: int) -> bool | None:
     unique violation. A row GC has claimed is waited out, never revived.
     """
     now = utcnow()
-    claim = insert_for(s, Blob).values(digest=digest, size=size, state="present",
-                                       created_at=now, last_linked_at=now)
-    if s.execute(claim.on_conflict_do_nothing(index_elements=["digest"])).rowcount == 1:
+    if s.execute(for_dialect(s, _CLAIM), {"digest": digest, "size": size, "state": "present",
+                                          "created_at": now, "last_linked_at": now}
+                 ).rowcount == 1:
         return True
-    res = s.execute(update(Blob).where(Blob.digest == digest, Blob.state == "present")
-                    .values(last_linked_at=now))
+    res = s.execute(_TOUCH, {"blob": digest, "now": now})
     return False if res.rowcount == 1 else None
 
 
@@ -264,13 +269,19 @@ def _link_present(s: Connection, repository: str, digest: str, upload_id: str | 
     The row is updated first, so on SQLite the write lock, and on PostgreSQL the row
     lock, keeps GC from claiming it before the link is in. Ends ``upload_id`` if given.
     """
-    res = s.execute(update(Blob).where(Blob.digest == digest, Blob.state == "present")
-                    .values(last_linked_at=utcnow()))
+    res = s.execute(_TOUCH, {"blob": digest, "now": utcnow()})
     if res.rowcount != 1:
         return False
     rid = ensure_repo(s, repository)
-    s.execute(insert_for(s, RepositoryBlob).values(repository_id=rid, digest=digest)
-              .on_conflict_do_nothing())
+    s.execute(for_dialect(s, _LINK), {"repository_id": rid, "digest": digest})
     if upload_id is not None:
-        s.execute(delete(Upload).where(Upload.id == upload_id))
+        s.execute(_END_UPLOAD, {"upload": upload_id})
     return True
+
+
+# Hot-path statements, built once (see ``dtr.core.store.per_dialect``).
+_CLAIM = per_dialect(lambda ins: ins(Blob).on_conflict_do_nothing(index_elements=["digest"]))
+_TOUCH = (update(Blob).where(Blob.digest == bindparam("blob"), Blob.state == "present")
+          .values(last_linked_at=bindparam("now")))
+_LINK = per_dialect(lambda ins: ins(RepositoryBlob).on_conflict_do_nothing())
+_END_UPLOAD = delete(Upload).where(Upload.id == bindparam("upload"))

@@ -16,6 +16,7 @@ MAX_NAME = 255
 
 #: Algorithms dtr can verify, with the exact length of their hex encoding.
 ALGORITHMS = {"sha256": 64, "sha512": 128}
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 
 def check_name(name: str) -> str:
@@ -65,7 +66,7 @@ class Digest:
         want = ALGORITHMS.get(alg)
         if want is None:
             raise DigestInvalid(f"unsupported digest algorithm {alg!r}", {"digest": value})
-        if len(enc) != want or any(c not in "0123456789abcdef" for c in enc):
+        if len(enc) != want or not _LOWER_HEX.fullmatch(enc):
             raise DigestInvalid(f"invalid {alg} digest {value!r}", {"digest": value})
         return cls(alg, enc)
 

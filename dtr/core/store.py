@@ -10,11 +10,11 @@ Hot paths (push, pull) run their transactions as plain functions of a synchronou
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, select, text
+from sqlalchemy import ColumnElement, Connection, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -116,13 +116,34 @@ def insert_for(session: Connection, table: type) -> Any:
     return (pg_insert if is_postgres(session) else sqlite_insert)(table)
 
 
+def per_dialect(build: Callable[[Callable[[Any], Any]], Any]) -> dict[str, Any]:
+    """``build(insert)`` for each dialect's INSERT, keyed by dialect name; pick the one for a
+    connection with :func:`for_dialect`.
+
+    Hot-path statements are built once at import and executed with bound parameters:
+    building and coercing a Core statement costs more than executing it (~80 µs against
+    ~25 µs per statement on SQLite).
+    """
+    return {"sqlite": build(sqlite_insert), "postgresql": build(pg_insert)}
+
+
+def for_dialect(session: Connection, stmts: dict[str, Any]) -> Any:
+    """The statement of ``stmts`` (from :func:`per_dialect`) for ``session``'s dialect."""
+    return stmts[session.dialect.name]
+
+
+_REPO_ID = select(Repository.id).where(Repository.name == bindparam("name"))
+_REPO_CREATE = per_dialect(
+    lambda ins: ins(Repository).on_conflict_do_nothing(index_elements=["name"]))
+
+
 def repo_id(session: Connection, name: str) -> int:
     """The id of an existing repository.
 
     Raises:
         NameUnknown: no such repository.
     """
-    rid = session.execute(select(Repository.id).where(Repository.name == name)).scalar()
+    rid = session.execute(_REPO_ID, {"name": name}).scalar()
     if rid is None:
         raise NameUnknown(f"repository {name} is not known", {"name": name})
     return int(rid)
@@ -130,13 +151,11 @@ def repo_id(session: Connection, name: str) -> int:
 
 def ensure_repo(session: Connection, name: str) -> int:
     """The id of the repository, creating it if needed (safe under concurrency)."""
-    rid = session.execute(select(Repository.id).where(Repository.name == name)).scalar()
+    rid = session.execute(_REPO_ID, {"name": name}).scalar()
     if rid is not None:
         return int(rid)
-    stmt = insert_for(session, Repository).values(name=name)
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-    return int(session.execute(
-        select(Repository.id).where(Repository.name == name)).scalar_one())
+    session.execute(for_dialect(session, _REPO_CREATE), {"name": name})
+    return int(session.execute(_REPO_ID, {"name": name}).scalar_one())
 
 
 @contextlib.contextmanager

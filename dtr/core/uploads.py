@@ -4,6 +4,12 @@ State lives in the database (``upload``, ``upload_part``) and storage (one immut
 segment per request body), so any replica can serve any request of an upload. Bytes are
 hashed as they stream to storage; the running hash is kept per process as an
 optimisation only — a replica that lacks it re-reads the segments to verify.
+
+Upload lookups (status, finish) use the fast read path (``Store.reads``). A PUT that
+carries the whole blob of an empty upload (monolithic push) advances the upload and
+claims the blob row in one transaction: the PUT costs one fast read and two write
+transactions (that one, then the link), where the general path takes a read transaction
+and three (append, claim, link).
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
-from dtr.core.blobs import BlobService
+from dtr.core.blobs import BlobService, claim_row
 from dtr.core.reference import Digest
 from dtr.core.store import Store, ensure_repo, storage_guard
 from dtr.db.base import utcnow
@@ -93,8 +99,8 @@ class UploadService:
         upload_id = secrets.token_hex(16)
 
         def start(s: Connection) -> None:
-            s.execute(insert(Upload).values(id=upload_id, repository_id=ensure_repo(s, repository),
-                                            size=0, segments=0))
+            s.execute(_NEW_UPLOAD, {"id": upload_id, "repository_id": ensure_repo(s, repository),
+                                    "size": 0, "segments": 0})
 
         await self.store.run(start)
         return UploadState(upload_id, 0)
@@ -105,8 +111,9 @@ class UploadService:
         Raises:
             UploadUnknown: unknown, finished, cancelled, expired, or of another repository.
         """
-        size = await self.store.run(lambda s: _load(s, repository, upload_id).size,
-                                    write=False)
+        size = await self.store.reads.upload_size(repository, upload_id)
+        if size is None:
+            raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
         return UploadState(upload_id, size)
 
     async def append(self, repository: str, upload_id: str, chunks: AsyncIterable[bytes],
@@ -133,6 +140,32 @@ class UploadService:
         key (None when the body was empty). The size advances with a compare-and-set, so
         a concurrent append or a stale offset is refused with ``RangeInvalid``.
         """
+        hasher = self._hashes.get(upload_id, offset, "sha256")
+        if hasher is None and offset == 0:
+            hasher = hashlib.sha256()
+        written, key = await self._write_segment(upload_id, offset, chunks, content_range,
+                                                 content_length, hasher)
+        if key is None:
+            return offset, None
+        committed = await self.store.run(lambda s: _advance(s, upload_id, offset, written, key))
+        if not committed:
+            await self.store.storage.delete(key)
+            raise RangeInvalid("another request appended to this upload concurrently")
+        if hasher is not None:
+            self._hashes.put(upload_id, offset + written, hasher)
+        return offset + written, key
+
+    async def _write_segment(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes],
+                             content_range: tuple[int, int] | None,
+                             content_length: int | None,
+                             hasher: hashlib._Hash | None) -> tuple[int, str | None]:
+        """Store a request body as a new segment at ``offset`` (not yet part of the
+        upload), feeding ``hasher``; return its size and key (None when empty: nothing is
+        kept).
+
+        Raises:
+            RangeInvalid, SizeInvalid, BlobTooLarge.
+        """
         exact = content_length
         if content_range is not None:
             start, end = content_range
@@ -143,9 +176,6 @@ class UploadService:
             if content_length is not None and content_length != end - start + 1:
                 raise RangeInvalid("Content-Range and Content-Length disagree")
             exact = end - start + 1
-        hasher = self._hashes.get(upload_id, offset, "sha256")
-        if hasher is None and offset == 0:
-            hasher = hashlib.sha256()
         limited = _Limited(chunks, self.store.limits.max_blob_bytes - offset, exact)
         key = paths.upload_segment_key(upload_id, offset, secrets.token_hex(4))
         with storage_guard():
@@ -157,26 +187,8 @@ class UploadService:
             raise SizeInvalid(f"received {written} bytes, expected {exact}")
         if written == 0:
             await self.store.storage.delete(key)
-            return offset, None
-
-        def advance(s: Connection) -> bool:
-            res = s.execute(
-                update(Upload).where(Upload.id == upload_id, Upload.size == offset)
-                .values(size=offset + written, segments=Upload.segments + 1,
-                        updated_at=utcnow()))
-            if res.rowcount != 1:
-                return False
-            s.execute(insert(UploadPart).values(upload_id=upload_id, offset=offset, key=key,
-                                                size=written))
-            return True
-
-        committed = await self.store.run(advance)
-        if not committed:
-            await self.store.storage.delete(key)
-            raise RangeInvalid("another request appended to this upload concurrently")
-        if hasher is not None:
-            self._hashes.put(upload_id, offset + written, hasher)
-        return offset + written, key
+            return 0, None
+        return written, key
 
     async def _rehash(self, keys: list[str], algorithm: str) -> hashlib._Hash:
         hasher = hashlib.new(algorithm)
@@ -198,17 +210,19 @@ class UploadService:
             UploadUnknown, RangeInvalid, SizeInvalid, BlobTooLarge.
         """
         want = Digest.parse(digest)
-
-        def load(s: Connection) -> tuple[int, list[tuple[str, int]]]:
-            row = _load(s, repository, upload_id)
-            parts = s.execute(select(UploadPart.key, UploadPart.size)
-                              .where(UploadPart.upload_id == upload_id)
-                              .order_by(UploadPart.offset)).all()
-            return row.size, [(k, n) for k, n in parts]
-
-        expected, parts = await self.store.run(load, write=False)
-        if chunks is not None and (content_length is None or content_length > 0):
-            new_size, key = await self._append_at(upload_id, expected, chunks, content_range,
+        body = chunks if content_length is None or content_length > 0 else None
+        loaded = await self.store.reads.upload_parts(repository, upload_id)
+        if loaded is None:
+            raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
+        expected, parts = loaded
+        if not parts and body is not None:
+            done = await self._finish_whole(repository, upload_id, want, body,
+                                            content_range, content_length)
+            if done is not None:
+                return done
+            body = None  # it was empty
+        if body is not None:
+            new_size, key = await self._append_at(upload_id, expected, body, content_range,
                                                   content_length)
             if key is not None:
                 parts.append((key, new_size - expected))
@@ -232,6 +246,45 @@ class UploadService:
         await self._drop_data(upload_id)
         return str(want)
 
+    async def _finish_whole(self, repository: str, upload_id: str, want: Digest,
+                            chunks: AsyncIterable[bytes],
+                            content_range: tuple[int, int] | None,
+                            content_length: int | None) -> str | None:
+        """Monolithic fast path: the PUT carries the whole blob of an empty upload.
+
+        The body is stored as the upload's one segment and verified; then one transaction
+        advances the upload (the same compare-and-set as a PATCH, so a racing append
+        still loses cleanly) and claims the blob row, and ``BlobService.commit`` moves the
+        segment and links it. Returns None (nothing stored) for an empty body, which the
+        ordinary path handles.
+        """
+        hasher = hashlib.new(want.algorithm)
+        written, key = await self._write_segment(upload_id, 0, chunks, content_range,
+                                                 content_length, hasher)
+        if key is None:
+            return None
+        if hasher.hexdigest() != want.encoded:
+            await self.store.storage.delete(key)
+            await self.cancel(repository, upload_id)
+            raise DigestInvalid(f"content does not match digest {want}",
+                                {"digest": str(want), "actual": f"{want.algorithm}:"
+                                 f"{hasher.hexdigest()}"})
+
+        def advance_and_claim(s: Connection) -> tuple[bool, bool | None]:
+            if not _advance(s, upload_id, 0, written, key):
+                return False, None
+            return True, claim_row(s, str(want), written)
+
+        advanced, claimed = await self.store.run(advance_and_claim)
+        if not advanced:
+            await self.store.storage.delete(key)
+            raise RangeInvalid("another request appended to this upload concurrently")
+        self._hashes.put(upload_id, written, hasher)
+        await self.blobs.commit(repository, str(want), written, [key], upload_id,
+                                claimed=claimed)
+        await self._drop_data(upload_id)
+        return str(want)
+
     async def cancel(self, repository: str, upload_id: str) -> None:
         """Abandon the upload and delete its data.
 
@@ -250,6 +303,28 @@ class UploadService:
         self._hashes.drop(upload_id)
         with storage_guard():
             await self.store.storage.delete_prefix(paths.upload_prefix(upload_id))
+
+
+def _advance(s: Connection, upload_id: str, offset: int, written: int, key: str) -> bool:
+    """Append the segment ``key`` (``written`` bytes at ``offset``) to the upload if it is
+    still at ``offset`` (compare-and-set); False if it is not (or is gone).
+    """
+    res = s.execute(_ADVANCE, {"upload": upload_id, "old_size": offset,
+                               "new_size": offset + written, "now": utcnow()})
+    if res.rowcount != 1:
+        return False
+    s.execute(_NEW_PART, {"upload_id": upload_id, "offset": offset, "key": key,
+                          "size": written})
+    return True
+
+
+# Hot-path statements, built once (see ``dtr.core.store.per_dialect``).
+_NEW_UPLOAD = insert(Upload)
+_NEW_PART = insert(UploadPart)
+_ADVANCE = (update(Upload)
+            .where(Upload.id == bindparam("upload"), Upload.size == bindparam("old_size"))
+            .values(size=bindparam("new_size"), segments=Upload.segments + 1,
+                    updated_at=bindparam("now")))
 
 
 def _load(s: Connection, repository: str, upload_id: str) -> Row[str, int]:

@@ -1,5 +1,6 @@
 """The hot read path: the three lookups every pull makes (manifest by tag, manifest by
-digest, blob size), compiled once from the models and run on the bare driver.
+digest, blob size) and the upload lookup every PATCH and PUT of a push makes, compiled
+once from the models and run on the bare driver.
 
 SQLAlchemy's async layer costs several hundred microseconds per query (a thread hop per
 call with aiosqlite; greenlet and pool bookkeeping with asyncpg), more than the query itself.
@@ -20,10 +21,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.sql import ClauseElement
 
-from dtr.db.models import Blob, Manifest, Repository, RepositoryBlob, Tag
+from dtr.db.models import Blob, Manifest, Repository, RepositoryBlob, Tag, Upload, UploadPart
 from dtr.errors import Unavailable
 
 ManifestRow = tuple[str, str, bytes]
+UploadParts = tuple[int, list[tuple[str, int]]]
 
 
 def _manifest_by_tag() -> ClauseElement:
@@ -46,6 +48,26 @@ def _blob_size() -> ClauseElement:
             .where(Repository.name == "r", Blob.digest == "d", Blob.state == "present"))
 
 
+def _upload_size() -> ClauseElement:
+    return (select(Upload.size)
+            .join(Repository, Repository.id == Upload.repository_id)
+            .where(Repository.name == "r", Upload.id == "u"))
+
+
+def _upload_parts() -> ClauseElement:
+    return (select(Upload.size, UploadPart.key, UploadPart.size)
+            .join(Repository, Repository.id == Upload.repository_id)
+            .outerjoin(UploadPart, UploadPart.upload_id == Upload.id)
+            .where(Repository.name == "r", Upload.id == "u")
+            .order_by(UploadPart.offset))
+
+
+def _parts(rows: list[Any]) -> UploadParts | None:
+    if not rows:
+        return None
+    return int(rows[0][0]), [(str(r[1]), int(r[2])) for r in rows if r[1] is not None]
+
+
 def _sql(stmt: ClauseElement, dialect: Dialect) -> str:
     """The statement as SQL text in the dialect's positional parameter style."""
     compiled = stmt.compile(dialect=dialect)
@@ -64,6 +86,16 @@ class FastReads(Protocol):
         """Size of a blob linked in the repository and present, or None."""
         ...
 
+    async def upload_size(self, repository: str, upload_id: str) -> int | None:
+        """Committed size of an upload of the repository, or None."""
+        ...
+
+    async def upload_parts(self, repository: str, upload_id: str) -> UploadParts | None:
+        """(size, [(segment key, segment size)] in offset order) of an upload of the
+        repository, read in one statement, or None.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -79,6 +111,8 @@ class SqliteReads:
         self._by_tag = _sql(_manifest_by_tag(), d)
         self._by_digest = _sql(_manifest_by_digest(), d)
         self._blob = _sql(_blob_size(), d)
+        self._upload_size = _sql(_upload_size(), d)
+        self._upload_parts = _sql(_upload_parts(), d)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -94,6 +128,12 @@ class SqliteReads:
         except sqlite3.Error as exc:
             raise Unavailable("metadata database unavailable") from exc
 
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        try:
+            return self._db().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable("metadata database unavailable") from exc
+
     async def manifest(self, repository: str, reference: str,
                        by_digest: bool) -> ManifestRow | None:
         """See :class:`FastReads`."""
@@ -105,6 +145,15 @@ class SqliteReads:
         """See :class:`FastReads`."""
         row = self._one(self._blob, (repository, digest, "present"))
         return int(row[0]) if row else None
+
+    async def upload_size(self, repository: str, upload_id: str) -> int | None:
+        """See :class:`FastReads`."""
+        row = self._one(self._upload_size, (repository, upload_id))
+        return int(row[0]) if row else None
+
+    async def upload_parts(self, repository: str, upload_id: str) -> UploadParts | None:
+        """See :class:`FastReads`."""
+        return _parts(self._all(self._upload_parts, (repository, upload_id)))
 
     async def close(self) -> None:
         """Close the connection."""
@@ -124,6 +173,8 @@ class PostgresReads:
         self._by_tag = _sql(_manifest_by_tag(), d)
         self._by_digest = _sql(_manifest_by_digest(), d)
         self._blob = _sql(_blob_size(), d)
+        self._upload_size = _sql(_upload_size(), d)
+        self._upload_parts = _sql(_upload_parts(), d)
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -142,6 +193,14 @@ class PostgresReads:
                 asyncpg.CannotConnectNowError, TimeoutError) as exc:
             raise Unavailable("metadata database unavailable") from exc
 
+    async def _all(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            pool = await self._get_pool()
+            return list(await pool.fetch(sql, *args))
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, TimeoutError) as exc:
+            raise Unavailable("metadata database unavailable") from exc
+
     async def manifest(self, repository: str, reference: str,
                        by_digest: bool) -> ManifestRow | None:
         """See :class:`FastReads`."""
@@ -153,6 +212,15 @@ class PostgresReads:
         """See :class:`FastReads`."""
         row = await self._one(self._blob, repository, digest, "present")
         return int(row[0]) if row else None
+
+    async def upload_size(self, repository: str, upload_id: str) -> int | None:
+        """See :class:`FastReads`."""
+        row = await self._one(self._upload_size, repository, upload_id)
+        return int(row[0]) if row else None
+
+    async def upload_parts(self, repository: str, upload_id: str) -> UploadParts | None:
+        """See :class:`FastReads`."""
+        return _parts(await self._all(self._upload_parts, repository, upload_id))
 
     async def close(self) -> None:
         """Close the pool."""
