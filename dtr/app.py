@@ -35,7 +35,7 @@ from dtr.core.store import Limits, Store
 from dtr.db.database import Database
 from dtr.db.engine import current_revision
 from dtr.db.migrate import head_revision
-from dtr.db.reads import make_fast_reads
+from dtr.db.reads import FastReads, make_fast_reads
 from dtr.policy import admin as policy_admin
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
@@ -110,8 +110,11 @@ async def check_schema(registry: Registry) -> None:
             f"{head}: run `dtr db upgrade` (with the same --config / DTR_DATABASE_URL)")
 
 
-def build_security(settings: Settings, db: Database) -> Security:
-    """The auth services of one process: accounts, credentials, policy, token keys."""
+def build_security(settings: Settings, db: Database,
+                   reads: FastReads | None = None) -> Security:
+    """The auth services of one process: accounts, credentials, policy, token keys
+    (``reads``: the fast read path, for the policy version check).
+    """
     a = settings.auth
     keys = TokenKeys.load_or_create(settings.token_key_path, a.token.previous_key_files)
     limiter = LoginLimiter(db, a.login_failures_per_account, a.login_failures_per_ip,
@@ -120,7 +123,8 @@ def build_security(settings: Settings, db: Database) -> Security:
     return Security(
         settings=a, db=db, accounts=AccountService(db),
         credentials=CredentialVerifier(db, limiter),
-        policy=PolicyEngine(db, refresh_seconds=a.policy_refresh_seconds),
+        policy=PolicyEngine(db, refresh_seconds=a.policy_refresh_seconds,
+                            version_reader=reads.policy_version if reads else None),
         policy_admin=PolicyAdmin(db), keys=keys,
         issuer=TokenIssuer(keys, a.token.issuer, a.token.lifetime_seconds),
         verifier=TokenVerifier(keys, a.token.issuer), trusted_proxies=proxies)
@@ -152,7 +156,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     """Build the application for ``settings`` (``storage`` overrides the configured driver)."""
     registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
-    security = build_security(settings, registry.store.db)
+    security = build_security(settings, registry.store.db, registry.store.reads)
     access: AccessControl = (TokenAccess(security, settings.server.public_url)
                              if settings.auth.enabled else OpenAccess())
     ctx = OciContext(registry, access, settings.server.public_url,

@@ -1,6 +1,7 @@
 """The hot read path: the three lookups every pull makes (manifest by tag, manifest by
-digest, blob size) and the upload lookup every PATCH and PUT of a push makes, compiled
-once from the models and run on the bare driver.
+digest, blob size), the upload lookups every PATCH and PUT of a push makes, and the policy
+version every token request checks, compiled once from the models and run on the bare
+driver.
 
 SQLAlchemy's async layer costs several hundred microseconds per query (a thread hop per
 call with aiosqlite; greenlet and pool bookkeeping with asyncpg), more than the query itself.
@@ -21,7 +22,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.sql import ClauseElement
 
-from dtr.db.models import Blob, Manifest, Repository, RepositoryBlob, Tag, Upload, UploadPart
+from dtr.db.models import (
+    Blob,
+    Manifest,
+    PolicyState,
+    Repository,
+    RepositoryBlob,
+    Tag,
+    Upload,
+    UploadPart,
+)
 from dtr.errors import Unavailable
 
 ManifestRow = tuple[str, str, bytes]
@@ -62,6 +72,10 @@ def _upload_parts() -> ClauseElement:
             .order_by(UploadPart.offset))
 
 
+def _policy_version() -> ClauseElement:
+    return select(PolicyState.version).where(PolicyState.id == 1)
+
+
 def _parts(rows: list[Any]) -> UploadParts | None:
     if not rows:
         return None
@@ -96,6 +110,10 @@ class FastReads(Protocol):
         """
         ...
 
+    async def policy_version(self) -> int:
+        """The current ``policy_state.version`` (-1 if the row is missing)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -113,6 +131,7 @@ class SqliteReads:
         self._blob = _sql(_blob_size(), d)
         self._upload_size = _sql(_upload_size(), d)
         self._upload_parts = _sql(_upload_parts(), d)
+        self._policy_version = _sql(_policy_version(), d)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -155,6 +174,11 @@ class SqliteReads:
         """See :class:`FastReads`."""
         return _parts(self._all(self._upload_parts, (repository, upload_id)))
 
+    async def policy_version(self) -> int:
+        """See :class:`FastReads`."""
+        row = self._one(self._policy_version, (1,))
+        return int(row[0]) if row else -1
+
     async def close(self) -> None:
         """Close the connection."""
         if self._conn is not None:
@@ -175,6 +199,7 @@ class PostgresReads:
         self._blob = _sql(_blob_size(), d)
         self._upload_size = _sql(_upload_size(), d)
         self._upload_parts = _sql(_upload_parts(), d)
+        self._policy_version = _sql(_policy_version(), d)
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -221,6 +246,11 @@ class PostgresReads:
     async def upload_parts(self, repository: str, upload_id: str) -> UploadParts | None:
         """See :class:`FastReads`."""
         return _parts(await self._all(self._upload_parts, repository, upload_id))
+
+    async def policy_version(self) -> int:
+        """See :class:`FastReads`."""
+        row = await self._one(self._policy_version, 1)
+        return int(row[0]) if row else -1
 
     async def close(self) -> None:
         """Close the pool."""

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -358,12 +358,16 @@ class PolicyEngine(_Evaluator):
         model_path: the Casbin model (default ``policies/model.conf``).
         roles_path: the built-in roles (default ``policies/roles.yaml``).
         cache_size: decisions cached per policy version by :meth:`allowed`.
+        version_reader: a cheap read of ``policy_state.version`` (the fast read path), used
+            to skip the reload transaction when nothing changed.
     """
 
     def __init__(self, db: Database, *, refresh_seconds: float = 2.0,
                  model_path: Path | None = None, roles_path: Path | None = None,
-                 cache_size: int = CACHE_SIZE) -> None:
+                 cache_size: int = CACHE_SIZE,
+                 version_reader: Callable[[], Awaitable[int]] | None = None) -> None:
         self.db = db
+        self._read_version = version_reader
         self.refresh_seconds = refresh_seconds
         self.roles_path = roles_path
         self._model = _model_text(model_path)
@@ -409,6 +413,10 @@ class PolicyEngine(_Evaluator):
         Raises:
             Unavailable: the database cannot be reached (the last policy stays in force).
         """
+        # the common case (nothing changed) without a transaction or a thread hop
+        if (self._read_version is not None
+                and await self._read_version() == self._snapshot.version):
+            return False
         async with self._refresh_lock:
             version = await self.db.run(admin.read_version, write=False)
             if version == self._snapshot.version:
