@@ -33,7 +33,10 @@ conformance: env ## Run only the OCI conformance suite (embedded and PostgreSQL 
 bench: env ## Benchmark dtr against distribution v3 and write docs/performance.md
 	uv run python scripts/bench.py $(ARGS)
 
+bench-auth: env ## Benchmark dtr with authentication on vs off and write docs/performance.md
+	uv run python scripts/bench.py --compare auth $(ARGS)
+
 db-upgrade: env ## Upgrade the database schema
 	uv run dtr db upgrade
 
-.PHONY: help env serve test check lint types peers conformance bench db-upgrade
+.PHONY: help env serve test check lint types peers conformance bench bench-auth db-upgrade
