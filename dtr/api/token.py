@@ -20,7 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from dtr.api.context import Req, Security, basic_credentials
 from dtr.auth.principal import ANONYMOUS, Principal
 from dtr.auth.scopes import Scope, parse_scopes, scope_allows
-from dtr.errors import DtrError, Invalid, RateLimited, Unauthorized
+from dtr.errors import DtrError, Invalid, RateLimited, Unauthorized, Unavailable
 from dtr.policy.actions import REPO_ACTIONS
 
 log = logging.getLogger("dtr.api.token")
@@ -43,7 +43,7 @@ def _render(exc: DtrError) -> Response[bytes]:
                       {"WWW-Authenticate": 'Basic realm="dtr"'})
     if isinstance(exc, Invalid):
         return _error(400, "UNSUPPORTED", exc.message)
-    status = 503 if exc.__class__.__name__ == "Unavailable" else 500
+    status = 503 if isinstance(exc, Unavailable) else 500
     return _error(status, "UNAVAILABLE", exc.message, {"Retry-After": "5"})
 
 

@@ -14,14 +14,10 @@ import contextlib
 import datetime as dt
 import functools
 import hmac
-import shutil
 import statistics
-import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,12 +30,10 @@ from dtr.auth.credentials import BAD_LOGIN, BAD_TOKEN, CredentialVerifier
 from dtr.auth.passwords import hash_password, new_secret
 from dtr.auth.principal import Principal
 from dtr.auth.ratelimit import LoginLimiter
-from dtr.db import migrate
 from dtr.db.base import utcnow
 from dtr.db.database import Database
 from dtr.db.models import AccessToken, Account
 from dtr.errors import RateLimited, Unauthorized
-from tests.support import peers
 
 pytestmark = pytest.mark.anyio
 
@@ -48,37 +42,6 @@ BOB_PASSWORD = "bob-password-1"
 IP, OTHER_IP = "192.0.2.10", "192.0.2.99"
 PER_ACCOUNT, PER_IP, WINDOW = 3, 5, 300
 PAT_SCOPES = ("repository:acme/**:pull", "repository:acme/app:push")
-TEMPLATE = "credentials_template"
-
-
-# -- databases --------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[peers.Postgres]:
-    with peers.postgres() as pg:
-        migrate.upgrade(pg.create_db(TEMPLATE))
-        yield pg
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("credentials-template") / "dtr.db"
-    migrate.upgrade(f"sqlite+aiosqlite:///{path}")
-    return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        pg: peers.Postgres = request.getfixturevalue("postgres_server")
-        name = f"cred_{uuid.uuid4().hex[:12]}"
-        subprocess.run([str(peers.PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(pg.port),
-                        "-U", "postgres", "-qc",
-                        f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'], check=True)
-        return pg.url(name)
-    target = tmp_path / "dtr.db"
-    shutil.copy(request.getfixturevalue("sqlite_template"), target)
-    return f"sqlite+aiosqlite:///{target}"
 
 
 # -- the world every kind is tested in ----------------------------------------------------------

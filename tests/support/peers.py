@@ -98,10 +98,11 @@ class Postgres:
         """An asyncpg SQLAlchemy URL for database ``db``."""
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{db}"
 
-    def create_db(self, name: str) -> str:
-        """Create database ``name``; return its URL."""
+    def create_db(self, name: str, template: str | None = None) -> str:
+        """Create database ``name`` (a copy of ``template`` if given); return its URL."""
+        copy = f' TEMPLATE "{template}"' if template else ""
         subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                        "postgres", "-qc", f'CREATE DATABASE "{name}"'], check=True)
+                        "postgres", "-qc", f'CREATE DATABASE "{name}"{copy}'], check=True)
         return self.url(name)
 
 

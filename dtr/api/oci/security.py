@@ -114,11 +114,11 @@ class TokenAccess:
             raise self.challenge(request, scope, "invalid_token", exc.message) from None
         request.state.dtr_claims = claims
         if repository is None:
-            if scope and not _has(claims, "registry", "catalog", "*"):
+            if scope and not claims.allows("registry", "catalog", "*"):
                 raise self.challenge(request, scope, "insufficient_scope",
                                      "the token does not grant the catalog")
             return
-        missing = [a for a in actions if not _has(claims, "repository", repository, a)]
+        missing = [a for a in actions if not claims.allows("repository", repository, a)]
         if missing:
             raise self.challenge(request, scope, "insufficient_scope",
                                  f"the token does not grant {','.join(missing)} on "
@@ -149,22 +149,13 @@ class TokenAccess:
         claims: Claims | None = getattr(request.state, "dtr_claims", None)
         if claims is None:
             return False
-        if _has(claims, "repository", repository, "pull"):
+        if claims.allows("repository", repository, "pull"):
             return True
         principal: Principal = claims.principal()
         if principal.scopes is not None and not scope_allows(principal.scopes, repository,
                                                              "pull"):
             return False
         return self.security.policy.allowed(principal.subject, repository, "pull")
-
-
-def _has(claims: Claims, rtype: str, name: str, action: str) -> bool:
-    for item in claims.access:
-        if item.get("type") == rtype and item.get("name") == name:
-            granted = item.get("actions") or []
-            if action in granted or "*" in granted:
-                return True
-    return False
 
 
 def _detail(repository: str | None, actions: tuple[str, ...]) -> list[dict[str, str]] | None:

@@ -110,10 +110,8 @@ def load_table() -> tuple[Row, ...]:
     return tuple(rows)
 
 
-def persona_cases(*surfaces: str, xfail: dict[str, str] | None = None) -> list[Any]:
-    """``pytest.param(row, persona)`` for every applicable cell of ``surfaces``; ids listed
-    in ``xfail`` (known product bugs) are strict xfails.
-    """
+def persona_cases(*surfaces: str) -> list[Any]:
+    """``pytest.param(row, persona)`` for every applicable cell of ``surfaces``."""
     params = []
     for row in load_table():
         if row.surface not in surfaces:
@@ -121,10 +119,7 @@ def persona_cases(*surfaces: str, xfail: dict[str, str] | None = None) -> list[A
         for persona in (*PERSONAS, NO_TOKEN):
             if row.expect[persona] == "-":
                 continue
-            test_id = row.test_id(persona)
-            reason = (xfail or {}).get(test_id)
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            params.append(pytest.param(row, persona, id=test_id, marks=marks))
+            params.append(pytest.param(row, persona, id=row.test_id(persona)))
     return params
 
 

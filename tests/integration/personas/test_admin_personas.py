@@ -305,8 +305,6 @@ for _method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRA
 
 # -- the table -----------------------------------------------------------------------------
 
-#: Known product bugs: test id → reason (strict xfail; remove the entry with the fix).
-BUGS: dict[str, str] = {}
 
 
 def check(r: httpx.Response, expected: str, admin_api: bool) -> None:
@@ -327,7 +325,7 @@ def check(r: httpx.Response, expected: str, admin_api: bool) -> None:
         assert r.json()["type"] == f"urn:dtr:problem:{kind}", what
 
 
-@pytest.mark.parametrize(("row", "persona"), persona_cases("admin", "auth", xfail=BUGS))
+@pytest.mark.parametrize(("row", "persona"), persona_cases("admin", "auth"))
 def test_admin_route(world: World, row: Row, persona: str) -> None:
     call = BUILDERS[row.key](world, persona)
     headers = world.credentials(persona, password=call.password) if call.signed else {}

@@ -155,8 +155,6 @@ def _referrers(w: World) -> Probe:
 
 # -- the table -----------------------------------------------------------------------------
 
-#: Known product bugs: test id → reason (strict xfail; remove the entry with the fix).
-BUGS: dict[str, str] = {}
 
 
 def scopes_for(row: Row, probe: Probe) -> list[str]:
@@ -198,7 +196,7 @@ def check(r: httpx.Response, expected: str, needed: str | None) -> None:
         assert r.status_code == int(expected), what
 
 
-@pytest.mark.parametrize(("row", "persona"), persona_cases("oci", xfail=BUGS))
+@pytest.mark.parametrize(("row", "persona"), persona_cases("oci"))
 def test_oci_route(world: World, row: Row, persona: str) -> None:
     probe = BUILDERS[row.key](world)
     scopes = scopes_for(row, probe)

@@ -6,7 +6,7 @@ and a PostgreSQL database on a server started once per session (``tests/support/
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,6 @@ from tests.support import peers
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[peers.Postgres]:
-    with peers.postgres() as pg:
-        yield pg
 
 
 def make_settings(data_dir: Path, database_url: str = "") -> Settings:

@@ -4,40 +4,20 @@ a write fails), roles, grants, membership and the clean-up functions."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Connection
 
-from dtr.db import migrate
 from dtr.db.database import Database
 from dtr.errors import Conflict, Denied, DtrError, Invalid, NotFound
 from dtr.policy import admin
 from dtr.policy.actions import load_roles
-from tests.policy.test_decisions import ensure_subject, migrated_sqlite
-from tests.support import peers
+from tests.policy.test_decisions import ensure_subject
 
 pytestmark = pytest.mark.anyio
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[peers.Postgres]:
-    with peers.postgres() as pg:
-        yield pg
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return migrated_sqlite(tmp_path)
-    server: peers.Postgres = request.getfixturevalue("postgres_server")
-    url = server.create_db(f"admin_{uuid.uuid4().hex[:12]}")
-    migrate.upgrade(url)
-    return url
 
 
 class World:
@@ -67,8 +47,8 @@ class World:
 
 
 @pytest.fixture
-async def world(database_url: str) -> AsyncIterator[World]:
-    db = Database(database_url)
+async def world(db_url: str) -> AsyncIterator[World]:
+    db = Database(db_url)
     w = World(db)
 
     def setup(conn: Connection) -> None:

@@ -9,14 +9,12 @@ import asyncio
 import functools
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, func, insert, select
 
-from dtr.db import migrate
 from dtr.db.database import Database
 from dtr.db.models import CasbinRule, Role
 from dtr.errors import Invalid
@@ -27,10 +25,8 @@ from tests.policy.test_decisions import (
     POLICY,
     apply_policy,
     ensure_subject,
-    migrated_sqlite,
     policy_lines,
 )
-from tests.support import peers
 
 pytestmark = pytest.mark.anyio
 
@@ -38,27 +34,10 @@ BUILTIN = load_roles()
 BUILTIN_LINKS = sum(len(role_links(r)) for r in BUILTIN.values())
 
 
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[peers.Postgres]:
-    with peers.postgres() as pg:
-        yield pg
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A freshly migrated database of each kind dtr supports."""
-    if request.param == "sqlite":
-        return migrated_sqlite(tmp_path)
-    server: peers.Postgres = request.getfixturevalue("postgres_server")
-    url = server.create_db(f"policy_{uuid.uuid4().hex[:12]}")
-    migrate.upgrade(url)
-    return url
-
-
 @pytest.fixture
-async def two_dbs(database_url: str) -> AsyncIterator[tuple[Database, Database]]:
+async def two_dbs(db_url: str) -> AsyncIterator[tuple[Database, Database]]:
     """Two independent connections to one database: two replicas."""
-    a, b = Database(database_url), Database(database_url)
+    a, b = Database(db_url), Database(db_url)
     try:
         yield a, b
     finally:
@@ -290,8 +269,8 @@ async def test_the_live_engine_explains_like_the_offline_one(
         assert engine.decide(*query) == files.decide(*query)
 
 
-async def test_roles_yaml_changes_are_synced_at_start(tmp_path: Path, database_url: str) -> None:
-    db = Database(database_url)
+async def test_roles_yaml_changes_are_synced_at_start(tmp_path: Path, db_url: str) -> None:
+    db = Database(db_url)
     edited = tmp_path / "roles.yaml"
     edited.write_text("reader:\n  description: pull only\n  actions: [pull]\n"
                       "viewer:\n  description: org only\n  actions: [org:read]\n")
@@ -316,8 +295,8 @@ async def test_roles_yaml_changes_are_synced_at_start(tmp_path: Path, database_u
         await db.close()
 
 
-async def test_reloading_a_thousand_rules(database_url: str) -> None:
-    db = Database(database_url)
+async def test_reloading_a_thousand_rules(db_url: str) -> None:
+    db = Database(db_url)
     engine = PolicyEngine(db, refresh_seconds=0)
     try:
         await engine.start()
@@ -355,7 +334,7 @@ async def test_reloading_a_thousand_rules(database_url: str) -> None:
         for _ in range(10000):
             engine.allowed("user:v7-3", "org7/app3/x", "push")
         cached_us = (time.perf_counter() - began) / 10000 * 1e6
-        print(f"\n{database_url.partition(':')[0]}: reload {engine._snapshot.count} rules "
+        print(f"\n{db_url.partition(':')[0]}: reload {engine._snapshot.count} rules "
               f"{reload_ms:.1f} ms; decide {enforce_us:.0f} us; cached allowed "
               f"{cached_us:.2f} us")
         assert reload_ms < 5000
