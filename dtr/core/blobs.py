@@ -171,6 +171,11 @@ class BlobService:
                      upload_id: str | None = None, *, claimed: bool | None = None) -> None:
         """Make verified upload ``parts`` the blob ``digest``, link it, end the upload.
 
+        ``parts`` are the storage keys whose concatenation is the blob, in order: one key
+        (an upload written in place into one file, or a single segment) is moved to the
+        blob key — fsync and rename on the filesystem, no copy — and several segments
+        are composed. The caller keeps anyone from writing to them meanwhile.
+
         The blob row is claimed before the bytes move, a row GC is deleting is waited out,
         and the link is written only while the row is still ``present`` (GC claims only
         unlinked rows), so a concurrent ``dtr gc`` can never delete bytes a new link
@@ -182,7 +187,7 @@ class BlobService:
         which then stands for the first claim.
 
         Raises:
-            UploadInvalid: the upload's segments are gone (expired or collected).
+            UploadInvalid: the upload's data is gone (expired or collected).
             Unavailable: GC kept taking the blob, or the storage failed.
         """
         key = blob_key(digest)
@@ -192,7 +197,7 @@ class BlobService:
             try:
                 with storage_guard():
                     # Bytes already at the key (another push's, or ours from a round GC
-                    # interrupted) are the same content: keep the upload's segments unused.
+                    # interrupted) are the same content: keep the upload's data unused.
                     # A row we inserted had no bytes GC could be deleting (GC deletes only
                     # under a row), so anything at the key is an orphan copy of the same
                     # content: replace it without looking.
@@ -227,7 +232,7 @@ class BlobService:
         return True
 
     async def _place(self, parts: list[str], key: str) -> None:
-        """Move or compose the upload segments to the blob key."""
+        """Move the upload's one object, or compose its segments, to the blob key."""
         storage = self.store.storage
         try:
             if len(parts) == 1:

@@ -1,19 +1,39 @@
 """UploadService: start, append, status, finish (verify digest) and cancel blob uploads.
 
-State lives in the database (``upload``, ``upload_part``) and storage (one immutable
-segment per request body), so any replica can serve any request of an upload. Bytes are
-hashed as they stream to storage; the running hash is kept per process as an
-optimisation only — a replica that lacks it re-reads the segments to verify.
+State lives in the database (``upload``, ``upload_part``) and storage, so any replica can
+serve any request of an upload. The bytes are stored one of two ways:
+
+* **In place**, on a driver that can write in place (``AppendableDriver``: the filesystem).
+  Every body is written at its offset into the upload's one file (``uploads/<id>/data``)
+  while holding that file's exclusive lock, taken without waiting: a busy lock means a
+  concurrent request, refused with ``RangeInvalid`` (416). Under the lock the upload size
+  is read again and must be the offset the request expects; the file is cut to it
+  (dropping what a failed or crashed writer left past it), the body is written and
+  hashed, and the size advances with the same compare-and-set as below. A body that fails
+  (short, too long, client gone) or loses the compare-and-set is cut off again; bytes
+  below the committed size are never rewritten, so nothing stored is lost and a partial
+  body never becomes part of the upload. ``finish`` holds the lock while it verifies the
+  digest and while ``BlobService.commit`` moves the file to the blob key (fsync and
+  rename: the bytes are written once, never copied), so no request can write into a file
+  that is becoming a blob. Its ``upload_part`` rows all name the one file.
+* **Segments**, on other drivers (S3): one immutable object per body, named by its offset;
+  the size advances with a compare-and-set, so a concurrent append or a stale offset is
+  refused with ``RangeInvalid``, and ``finish`` composes the segments into the blob. An
+  upload whose first bytes are segments (written by an older dtr) keeps using segments
+  on an appendable driver too; one that mixes both schemes is refused at ``finish``.
+
+Bytes are hashed as they stream to storage; the running hash is kept per process as an
+optimisation only — a replica that lacks it re-reads the upload's data to verify.
 
 Upload lookups (status, finish) use the fast read path (``Store.reads``). A PUT that
-carries the whole blob of an empty upload (monolithic push) advances the upload and
-claims the blob row in one transaction: the PUT costs one fast read and two write
-transactions (that one, then the link), where the general path takes a read transaction
-and three (append, claim, link).
+carries the final body advances the upload and claims the blob row in one transaction,
+after the digest is verified: a monolithic push costs one fast read (two in place: the
+re-read under the lock) and two write transactions (that one, then the link).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from collections import OrderedDict
@@ -36,7 +56,7 @@ from dtr.errors import (
     UploadUnknown,
 )
 from dtr.storage import paths
-from dtr.storage.base import PathNotFound
+from dtr.storage.base import AppendableDriver, AppendHandle, ObjectLocked, PathNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +143,186 @@ class UploadService:
 
         ``content_range`` (inclusive) must start exactly at the current size, else
         ``RangeInvalid`` (416). Without it the body is appended at the current size
-        (docker's streamed PATCH). A body that fails midway stores nothing.
+        (docker's streamed PATCH). A body that fails midway stores nothing: the upload
+        keeps its size and the next body may start there.
 
         Raises:
-            UploadUnknown, RangeInvalid, SizeInvalid, BlobTooLarge.
+            UploadUnknown, RangeInvalid (also: another request is appending), SizeInvalid,
+            BlobTooLarge.
         """
         state = await self.status(repository, upload_id)
-        size, _key = await self._append_at(upload_id, state.size, chunks, content_range,
-                                           content_length)
+        storage = self._appendable()
+        if storage is None:
+            size, _key = await self._append_at(upload_id, state.size, chunks, content_range,
+                                               content_length)
+            return UploadState(upload_id, size)
+        _expected_length(state.size, content_range, content_length)  # refuse before locking
+        async with self._hold(storage, upload_id) as handle:
+            size = await self._append_in_place(handle, repository, upload_id, state.size,
+                                               chunks, content_range, content_length)
         return UploadState(upload_id, size)
 
+    # -- in place ----------------------------------------------------------------------
+    def _appendable(self) -> AppendableDriver | None:
+        storage = self.store.storage
+        return storage if isinstance(storage, AppendableDriver) else None
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, storage: AppendableDriver,
+                    upload_id: str) -> AsyncIterator[AppendHandle]:
+        """The upload's data file, locked; a lock another request holds is a 416."""
+        with storage_guard():
+            try:
+                async with storage.open_append(paths.upload_data_key(upload_id)) as handle:
+                    yield handle
+            except ObjectLocked:
+                raise RangeInvalid("another request is writing to this upload "
+                                   "concurrently") from None
+
+    async def _recheck(self, repository: str, upload_id: str, expected: int) -> None:
+        """Under the lock: the upload must still be at ``expected`` bytes.
+
+        Raises:
+            UploadUnknown: it ended meanwhile (its folder, which opening the lock may
+                have created again, is removed).
+            RangeInvalid: another request appended meanwhile.
+        """
+        size = await self.store.reads.upload_size(repository, upload_id)
+        if size is None:
+            with storage_guard():
+                await self.store.storage.delete_prefix(paths.upload_prefix(upload_id))
+            raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
+        if size != expected:
+            raise RangeInvalid("another request appended to this upload concurrently",
+                               {"expected_start": size})
+
+    async def _append_in_place(self, handle: AppendHandle, repository: str, upload_id: str,
+                               offset: int, chunks: AsyncIterable[bytes],
+                               content_range: tuple[int, int] | None,
+                               content_length: int | None) -> int:
+        """Under the lock: append at ``offset`` (the size last read); return the new size."""
+        await self._recheck(repository, upload_id, offset)
+        with storage_guard():
+            held = await handle.size()
+        if held < offset:
+            # The file does not hold the upload: its bytes are segments (of an older dtr).
+            size, _key = await self._append_at(upload_id, offset, chunks, content_range,
+                                               content_length)
+            return size
+        hasher = self._hashes.get(upload_id, offset, "sha256")
+        if hasher is None and offset == 0:
+            hasher = hashlib.sha256()
+        written = await self._write_in_place(handle, offset, held, chunks, content_range,
+                                             content_length, hasher)
+        if written == 0:
+            return offset
+        key = paths.upload_data_key(upload_id)
+        if not await self.store.run(lambda s: _advance(s, upload_id, offset, written, key)):
+            await self._cut(handle, offset)
+            raise RangeInvalid("another request appended to this upload concurrently")
+        if hasher is not None:
+            self._hashes.put(upload_id, offset + written, hasher)
+        return offset + written
+
+    async def _write_in_place(self, handle: AppendHandle, offset: int, held: int,
+                              chunks: AsyncIterable[bytes],
+                              content_range: tuple[int, int] | None,
+                              content_length: int | None,
+                              hasher: hashlib._Hash | None) -> int:
+        """Under the lock: cut the file to ``offset`` (it is ``held`` bytes long) and write
+        a body there, feeding ``hasher``; return its size. A failed body is cut off again
+        (by ``write_at``, or here when it is short).
+
+        Raises:
+            RangeInvalid, SizeInvalid, BlobTooLarge.
+        """
+        exact = _expected_length(offset, content_range, content_length)
+        limited = _Limited(chunks, self.store.limits.max_blob_bytes - offset, exact)
+        with storage_guard():
+            if held > offset:  # what a failed or crashed writer left past the upload
+                await handle.truncate(offset)
+            written = await handle.write_at(offset, limited,
+                                            hasher.update if hasher is not None else None)
+        if exact is not None and written != exact:
+            await self._cut(handle, offset)
+            raise SizeInvalid(f"received {written} bytes, expected {exact}")
+        return written
+
+    @staticmethod
+    async def _cut(handle: AppendHandle, offset: int) -> None:
+        """Best effort: drop what this request wrote past ``offset`` (the next writer
+        cuts the file to the committed size anyway).
+        """
+        with contextlib.suppress(Exception):
+            await handle.truncate(offset)
+
+    async def _finish_in_place(self, handle: AppendHandle, repository: str, upload_id: str,
+                               want: Digest, expected: int,
+                               body: AsyncIterable[bytes] | None,
+                               content_range: tuple[int, int] | None,
+                               content_length: int | None) -> None:
+        """Under the lock: append the final body, verify, make the file the blob.
+
+        The body is verified before the upload advances; then one transaction advances
+        the upload and claims the blob row, and ``BlobService.commit`` moves the file to
+        the blob key while the lock is still held.
+        """
+        await self._recheck(repository, upload_id, expected)
+        key = paths.upload_data_key(upload_id)
+        with storage_guard():
+            held = await handle.size()
+        if held < expected:
+            raise UploadInvalid("upload data is missing; start again")
+        hasher = self._hashes.get(upload_id, expected, want.algorithm)
+        if hasher is None:  # another replica appended: hash what the file holds so far
+            hasher = (await self._rehash([key], want.algorithm, expected) if expected
+                      else hashlib.new(want.algorithm))
+        size, claimed = expected, None
+        if body is not None:
+            written = await self._write_in_place(handle, expected, held, body, content_range,
+                                                 content_length, hasher)
+            size, held = expected + written, expected + written
+        if held > size:
+            with storage_guard():
+                await handle.truncate(size)
+        await self._verify(repository, upload_id, want, hasher)
+        if size > expected:
+            written = size - expected
+
+            def advance_and_claim(s: Connection) -> tuple[bool, bool | None]:
+                if not _advance(s, upload_id, expected, written, key):
+                    return False, None
+                return True, claim_row(s, str(want), size)
+
+            advanced, claimed = await self.store.run(advance_and_claim)
+            if not advanced:
+                await self._cut(handle, expected)
+                raise RangeInvalid("another request appended to this upload concurrently")
+            self._hashes.put(upload_id, size, hasher)
+        await self.blobs.commit(repository, str(want), size, [key], upload_id,
+                                claimed=claimed)
+
+    async def _verify(self, repository: str, upload_id: str, want: Digest,
+                      hasher: hashlib._Hash) -> None:
+        """Compare the upload's hash with ``want``; on a mismatch discard the upload.
+
+        Raises:
+            DigestInvalid: the content does not match.
+        """
+        if hasher.hexdigest() != want.encoded:
+            await self.cancel(repository, upload_id)
+            raise DigestInvalid(f"content does not match digest {want}",
+                                {"digest": str(want), "actual": f"{want.algorithm}:"
+                                 f"{hasher.hexdigest()}"})
+
+    # -- segments ----------------------------------------------------------------------
     async def _append_at(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes],
                          content_range: tuple[int, int] | None,
                          content_length: int | None) -> tuple[int, str | None]:
-        """Append at ``offset`` (the size last read); return the new size and the segment
-        key (None when the body was empty). The size advances with a compare-and-set, so
-        a concurrent append or a stale offset is refused with ``RangeInvalid``.
+        """Append a segment at ``offset`` (the size last read); return the new size and the
+        segment key (None when the body was empty). The size advances with a
+        compare-and-set, so a concurrent append or a stale offset is refused with
+        ``RangeInvalid``.
         """
         hasher = self._hashes.get(upload_id, offset, "sha256")
         if hasher is None and offset == 0:
@@ -166,16 +350,7 @@ class UploadService:
         Raises:
             RangeInvalid, SizeInvalid, BlobTooLarge.
         """
-        exact = content_length
-        if content_range is not None:
-            start, end = content_range
-            if start != offset or end < start:
-                raise RangeInvalid(
-                    f"chunk starts at {start}, upload is at {offset}",
-                    {"expected_start": offset})
-            if content_length is not None and content_length != end - start + 1:
-                raise RangeInvalid("Content-Range and Content-Length disagree")
-            exact = end - start + 1
+        exact = _expected_length(offset, content_range, content_length)
         limited = _Limited(chunks, self.store.limits.max_blob_bytes - offset, exact)
         key = paths.upload_segment_key(upload_id, offset, secrets.token_hex(4))
         with storage_guard():
@@ -190,12 +365,25 @@ class UploadService:
             return 0, None
         return written, key
 
-    async def _rehash(self, keys: list[str], algorithm: str) -> hashlib._Hash:
+    async def _rehash(self, keys: list[str], algorithm: str,
+                      length: int | None = None) -> hashlib._Hash:
+        """Hash the objects ``keys`` in order (only the first ``length`` bytes of one).
+
+        Raises:
+            UploadInvalid: an object is missing or shorter than ``length``.
+        """
         hasher = hashlib.new(algorithm)
-        with storage_guard():
-            for key in keys:
-                async for chunk in await self.store.storage.reader(key):
-                    hasher.update(chunk)
+        count = 0
+        try:
+            with storage_guard():
+                for key in keys:
+                    async for chunk in await self.store.storage.reader(key, 0, length):
+                        hasher.update(chunk)
+                        count += len(chunk)
+        except PathNotFound:
+            raise UploadInvalid("upload data is missing; start again") from None
+        if length is not None and count != length:
+            raise UploadInvalid("upload data is missing; start again")
         return hasher
 
     async def finish(self, repository: str, upload_id: str, digest: str,
@@ -208,6 +396,7 @@ class UploadService:
             DigestInvalid: malformed or unsupported digest, or the content does not match
                 (the upload is discarded).
             UploadUnknown, RangeInvalid, SizeInvalid, BlobTooLarge.
+            UploadInvalid: the upload's data is missing or inconsistent (start again).
         """
         want = Digest.parse(digest)
         body = chunks if content_length is None or content_length > 0 else None
@@ -215,6 +404,18 @@ class UploadService:
         if loaded is None:
             raise UploadUnknown(f"upload {upload_id} is not known", {"upload": upload_id})
         expected, parts = loaded
+        storage = self._appendable()
+        data_key = paths.upload_data_key(upload_id)
+        if storage is not None and all(k == data_key for k, _ in parts):
+            if body is not None:
+                _expected_length(expected, content_range, content_length)  # before locking
+            async with self._hold(storage, upload_id) as handle:
+                await self._finish_in_place(handle, repository, upload_id, want, expected,
+                                            body, content_range, content_length)
+            await self._drop_data(upload_id)
+            return str(want)
+        if any(k == data_key for k, _ in parts):
+            raise UploadInvalid("upload data is inconsistent; start again")
         if not parts and body is not None:
             done = await self._finish_whole(repository, upload_id, want, body,
                                             content_range, content_length)
@@ -233,15 +434,8 @@ class UploadService:
             raise UploadInvalid("upload segments are inconsistent; start again")
         hasher = self._hashes.get(upload_id, size, want.algorithm)
         if hasher is None:
-            try:
-                hasher = await self._rehash(keys, want.algorithm)
-            except PathNotFound:
-                raise UploadInvalid("upload data is missing; start again") from None
-        if hasher.hexdigest() != want.encoded:
-            await self.cancel(repository, upload_id)
-            raise DigestInvalid(f"content does not match digest {digest}",
-                                {"digest": digest, "actual": f"{want.algorithm}:"
-                                 f"{hasher.hexdigest()}"})
+            hasher = await self._rehash(keys, want.algorithm)
+        await self._verify(repository, upload_id, want, hasher)
         await self.blobs.commit(repository, str(want), size, keys, upload_id)
         await self._drop_data(upload_id)
         return str(want)
@@ -250,7 +444,8 @@ class UploadService:
                             chunks: AsyncIterable[bytes],
                             content_range: tuple[int, int] | None,
                             content_length: int | None) -> str | None:
-        """Monolithic fast path: the PUT carries the whole blob of an empty upload.
+        """Monolithic fast path (segments): the PUT carries the whole blob of an empty
+        upload.
 
         The body is stored as the upload's one segment and verified; then one transaction
         advances the upload (the same compare-and-set as a PATCH, so a racing append
@@ -265,10 +460,7 @@ class UploadService:
             return None
         if hasher.hexdigest() != want.encoded:
             await self.store.storage.delete(key)
-            await self.cancel(repository, upload_id)
-            raise DigestInvalid(f"content does not match digest {want}",
-                                {"digest": str(want), "actual": f"{want.algorithm}:"
-                                 f"{hasher.hexdigest()}"})
+        await self._verify(repository, upload_id, want, hasher)
 
         def advance_and_claim(s: Connection) -> tuple[bool, bool | None]:
             if not _advance(s, upload_id, 0, written, key):
@@ -303,6 +495,25 @@ class UploadService:
         self._hashes.drop(upload_id)
         with storage_guard():
             await self.store.storage.delete_prefix(paths.upload_prefix(upload_id))
+
+
+def _expected_length(offset: int, content_range: tuple[int, int] | None,
+                     content_length: int | None) -> int | None:
+    """The exact body length the headers announce (None: unknown).
+
+    Raises:
+        RangeInvalid: the range does not start at ``offset``, or disagrees with
+            Content-Length.
+    """
+    if content_range is None:
+        return content_length
+    start, end = content_range
+    if start != offset or end < start:
+        raise RangeInvalid(f"chunk starts at {start}, upload is at {offset}",
+                           {"expected_start": offset})
+    if content_length is not None and content_length != end - start + 1:
+        raise RangeInvalid("Content-Range and Content-Length disagree")
+    return end - start + 1
 
 
 def _advance(s: Connection, upload_id: str, offset: int, written: int, key: str) -> bool:

@@ -5,11 +5,16 @@ It knows nothing of OCI, digests, the database or HTTP. Every implementation pas
 ``tests/contracts/test_storage_driver.py``. All methods are coroutines or async iterators;
 blocking I/O runs in worker threads, never on the event loop. No object is ever held
 whole in memory except through :meth:`StorageDriver.get_bytes` (small objects only).
+
+A driver may also offer an optional capability, :class:`AppendableDriver`: an object it
+can lock and write in place at an offset (the filesystem and memory drivers do; S3 cannot).
+Callers test for it with ``isinstance`` and fall back to immutable objects without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +40,16 @@ class InvalidPath(StorageError):
 
 class WriteAborted(StorageError):
     """The source stream failed before the write completed; nothing was stored."""
+
+
+class ObjectLocked(StorageError):
+    """Another holder (this process or another, on this host or one sharing the disk)
+    has the object open through :meth:`AppendableDriver.open_append`.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"object {path} is locked by another writer")
+        self.path = path
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +179,71 @@ class StorageDriver(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class AppendHandle(Protocol):
+    """An object opened for writing in place, under an exclusive lock (see
+    :meth:`AppendableDriver.open_append`). Methods must not be called concurrently.
+    """
+
+    async def size(self) -> int:
+        """The object's current size in bytes."""
+        ...
+
+    async def write_at(self, offset: int, chunks: AsyncIterable[bytes],
+                       observer: ChunkObserver | None = None) -> int:
+        """Write the bytes of ``chunks`` starting at ``offset``, extending the object.
+
+        Bytes past the end of what is written are left as they were (the caller truncates
+        first when it wants them gone). Not atomic and not durable: readers may see part
+        of the write, and a crash may lose it (``move`` of the object makes it durable).
+        If ``chunks`` raises, or the backend fails, the object is truncated back to
+        ``offset`` (when the backend still allows it) and the error propagates
+        (``WriteAborted`` wraps a non-storage error from the source). The truncation
+        happens, and every byte of this call is on its way to the object, before the lock
+        can be released, even when the calling task is cancelled. ``observer`` sees every
+        byte written, in order.
+
+        Returns:
+            the number of bytes written.
+
+        Raises:
+            ValueError: ``offset`` is negative or past the end of the object (no holes).
+        """
+        ...
+
+    async def truncate(self, size: int) -> None:
+        """Cut the object to ``size`` bytes (``size`` at most its current size).
+
+        Raises:
+            ValueError: ``size`` is negative or past the end of the object.
+        """
+        ...
+
+
+@runtime_checkable
+class AppendableDriver(Protocol):
+    """Optional capability of a :class:`StorageDriver`: objects written in place.
+
+    Tested in ``tests/contracts/test_storage_driver.py`` for every driver that has it.
+    """
+
+    def open_append(self, path: str) -> AbstractAsyncContextManager[AppendHandle]:
+        """Open (creating it empty if missing) the object at ``path`` for writing in place,
+        holding an exclusive lock until the context exits.
+
+        The lock is not waited for: if any other handle on the same object is open — in
+        this process or another, including another host sharing the storage — this raises
+        :class:`ObjectLocked` at once. The handle follows the object it locked: the holder
+        may :meth:`StorageDriver.move` it (e.g. to commit it), after which the handle must
+        not write again. Writes, deletes and moves by callers that do not hold the lock
+        are not prevented; callers who write in place must all go through a handle.
+
+        Raises:
+            ObjectLocked: another handle holds the object.
+        """
         ...
 
 

@@ -4,14 +4,28 @@ Writes go to a temporary file in the destination folder, are fsynced (when durab
 renamed into place, so a reader sees the old object or the whole new one. Blocking file
 I/O runs on a private thread pool; while one buffer is being written and hashed in a
 thread, the event loop receives the next one.
+
+The driver is also an :class:`~dtr.storage.base.AppendableDriver`: ``open_append`` opens
+a file (an upload's one data file) for ``pwrite`` at an offset under an exclusive,
+non-blocking ``flock``, so two worker processes, or two replicas sharing the disk over a
+filesystem with working ``flock`` (local disks; NFS emulates it with byte-range locks),
+never write one file at once. Every operation of a handle runs on the pool in order
+behind the previous one, and the lock is released (the descriptor closed) only after
+them, even when the awaiting task is cancelled. A file whose holder moved or deleted
+it between our ``open`` and our ``flock`` is not locked: the one now at the path is.
+Data written in place is scratch: its fsync comes at :meth:`FilesystemDriver.move`, when
+the upload becomes a blob (writeback is started as it is written, so little is left to
+flush then); ``durable=False`` writes (upload segments) start no writeback at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -22,9 +36,11 @@ from typing import Any, BinaryIO, TypeVar
 
 from dtr.storage.base import (
     CHUNK,
+    AppendHandle,
     ChunkObserver,
     InvalidPath,
     ObjectInfo,
+    ObjectLocked,
     PathNotFound,
     StorageError,
     WriteAborted,
@@ -35,6 +51,7 @@ T = TypeVar("T")
 _TMP_PREFIX = ".tmp-"
 _KICK = 8 * CHUNK
 _SYNC_FILE_RANGE_WRITE = 2
+_LOCK_TRIES = 8
 
 
 def _writeback_starter() -> Callable[[int, int, int], None] | None:
@@ -57,6 +74,11 @@ def _writeback_starter() -> Callable[[int, int, int], None] | None:
 
 
 _START_WRITEBACK = _writeback_starter()
+#: Start writeback while an upload is written in place: the same pages are fsynced at
+#: ``move``, so the disk works while the network delivers the rest (measured: a 256 MiB
+#: chunked push took 622 ms with it, 711 ms without, same CPU). Segments written with
+#: ``durable=False`` get none: their pages are copied by ``compose`` and deleted.
+_SCRATCH_WRITEBACK = True
 
 
 def _open_object(full: Path) -> BinaryIO:
@@ -88,6 +110,194 @@ def _copy_into(inp: BinaryIO, out: BinaryIO) -> None:
 def _read_object(full: Path) -> bytes:
     with _open_object(full) as fh:
         return fh.read()
+
+
+def _lock_file(full: Path, path: str) -> int:
+    """Open (creating) and ``flock`` the file at ``full``; return the descriptor.
+
+    A file renamed or deleted between our open and our lock (its holder committed or
+    dropped it) is not the object at ``path`` any more: open the one there now instead.
+
+    Raises:
+        ObjectLocked: another descriptor holds the lock.
+    """
+    for _attempt in range(_LOCK_TRIES):
+        full.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:  # the folder was removed meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mine = os.fstat(fd)
+            try:
+                there = os.stat(full)
+            except FileNotFoundError:
+                there = None
+        except BlockingIOError:
+            os.close(fd)
+            raise ObjectLocked(path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)
+    raise ObjectLocked(path)
+
+
+class _FileHandle:
+    """An :class:`~dtr.storage.base.AppendHandle` over a locked descriptor.
+
+    Blocking calls run on the driver's pool, each after the previous one finished (a
+    chain of futures, never cancelled: waits are shielded), so a truncation or the final
+    close cannot overtake a write a cancelled task left in flight.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, fd: int, path: str) -> None:
+        self._pool = pool
+        self._fd = fd
+        self._path = path
+        self._tail: concurrent.futures.Future[Any] | None = None
+        self._closed = False
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        prev = self._tail
+
+        def run() -> T:
+            if prev is not None:
+                concurrent.futures.wait([prev])
+            return fn(*args)
+
+        fut = self._pool.submit(run)
+        self._tail = fut
+        return fut
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StorageError(f"filesystem: handle on {self._path} is closed")
+        return await self._wait(self._submit(fn, *args))
+
+    async def _wait(self, fut: concurrent.futures.Future[T]) -> T:
+        try:
+            return await asyncio.shield(asyncio.wrap_future(fut))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(self._path) from None
+        except OSError as exc:
+            raise StorageError(f"filesystem: {exc}") from exc
+
+    def _end(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def _cut(self, size: int, strict: bool) -> None:
+        end = os.fstat(self._fd).st_size
+        if size < 0 or (strict and size > end):
+            raise ValueError(f"cannot truncate {self._path} ({end} bytes) to {size}")
+        if size < end:
+            os.ftruncate(self._fd, size)
+
+    async def size(self) -> int:
+        """See :meth:`AppendHandle.size`."""
+        return await self._call(self._end)
+
+    async def truncate(self, size: int) -> None:
+        """See :meth:`AppendHandle.truncate`."""
+        await self._call(self._cut, size, True)
+
+    async def write_at(self, offset: int, chunks: AsyncIterable[bytes],
+                       observer: ChunkObserver | None = None) -> int:
+        """See :meth:`AppendHandle.write_at`."""
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        fd = self._fd
+        pos = [offset, offset, 0]  # next write position, writeback started up to, checked
+        kick = _START_WRITEBACK if _SCRATCH_WRITEBACK else None
+
+        def emit(buf: bytes) -> None:
+            if not pos[2]:
+                self._check(offset)
+                pos[2] = 1
+            if observer is not None:
+                observer(buf)
+            view, at = memoryview(buf), pos[0]
+            while view:
+                n = os.pwrite(fd, view, at)
+                at += n
+                view = view[n:]
+            pos[0] = at
+            if kick is not None and at - pos[1] >= _KICK:
+                kick(fd, pos[1], at - pos[1])
+                pos[1] = at
+
+        total = 0
+        try:
+            total = await self._pump(chunks, emit)
+            if not pos[2]:
+                await self._call(self._check, offset)
+        except BaseException:
+            # After whatever is still in flight (a no-op when the offset was refused);
+            # suppressed: the first error is the one to report.
+            with contextlib.suppress(Exception):
+                await self._call(self._cut, offset, False)
+            raise
+        return total
+
+    def _check(self, offset: int) -> None:
+        end = os.fstat(self._fd).st_size
+        if offset > end:
+            raise ValueError(f"offset {offset} is past the end of {self._path} ({end} bytes)")
+
+    async def _pump(self, chunks: AsyncIterable[bytes], emit: Callable[[bytes], None]) -> int:
+        """Feed ``chunks`` to ``emit`` on the pool in 1 MiB buffers, one buffer in flight
+        while the next is received. Returns the byte count.
+
+        Raises:
+            WriteAborted: the source failed (the original error is the cause).
+        """
+        total = size = 0
+        parts: list[bytes] = []
+        pending: concurrent.futures.Future[None] | None = None
+        source = aiter(chunks)
+        while True:
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise WriteAborted(f"source stream failed: {exc}") from exc
+            if not chunk:
+                continue
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= CHUNK:
+                buf = b"".join(parts)
+                parts, size = [], 0
+                total += len(buf)
+                if pending is not None:
+                    await self._wait(pending)
+                pending = self._submit(emit, buf)
+        if pending is not None:
+            await self._wait(pending)
+        if parts:
+            buf = b"".join(parts)
+            total += len(buf)
+            await self._call(emit, buf)
+        return total
+
+    async def close(self) -> None:
+        """Close the descriptor (releasing the lock) after every queued operation."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            fut = self._submit(os.close, self._fd)
+        except RuntimeError:  # the pool is shut down (driver closed): nothing is in flight
+            os.close(self._fd)
+            return
+        with contextlib.suppress(StorageError):
+            await self._wait(fut)
 
 
 class FilesystemDriver:
@@ -197,7 +407,7 @@ class FilesystemDriver:
         tmp = await self._run(self._tmp_for, full)
         fh: BinaryIO = await self._run(open, tmp, "wb")
         sync = self.fsync and durable
-        kick = _START_WRITEBACK if self.fsync else None
+        kick = _START_WRITEBACK if sync else None
         written = [0, 0]  # bytes written, bytes handed to writeback
 
         def _emit(buf: bytes) -> None:
@@ -304,6 +514,20 @@ class FilesystemDriver:
             return size
 
         return await self._run(_compose)
+
+    @contextlib.asynccontextmanager
+    async def open_append(self, path: str) -> AsyncIterator[AppendHandle]:
+        """See :meth:`AppendableDriver.open_append`."""
+        full = self._full(path)
+        try:
+            fd = await self._run(_lock_file, full, path)
+        except PathNotFound:
+            raise PathNotFound(path) from None
+        handle = _FileHandle(self._pool, fd, path)
+        try:
+            yield handle
+        finally:
+            await handle.close()
 
     async def move(self, src: str, dest: str) -> None:
         """See :meth:`StorageDriver.move`."""

@@ -3,17 +3,21 @@
 It keeps the whole :class:`~dtr.storage.base.StorageDriver` contract (atomic writes,
 ``PathNotFound``, ``WriteAborted``, key validation) so unit tests of upper layers behave as
 they would on disk or S3, but it holds every object in RAM: never use it in production.
+It is an :class:`~dtr.storage.base.AppendableDriver` too (the lock is a set of paths).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
 from dtr.storage.base import (
     CHUNK,
+    AppendHandle,
     ChunkObserver,
     ObjectInfo,
+    ObjectLocked,
     PathNotFound,
     StorageError,
     WriteAborted,
@@ -32,6 +36,7 @@ class MemoryDriver:
 
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, float]] = {}
+        self._locked: set[str] = set()
 
     def _get(self, path: str) -> tuple[bytes, float]:
         try:
@@ -91,6 +96,20 @@ class MemoryDriver:
         self._objects[dest] = (data, time.time())
         return len(data)
 
+    @contextlib.asynccontextmanager
+    async def open_append(self, path: str) -> AsyncIterator[AppendHandle]:
+        """See :meth:`AppendableDriver.open_append`."""
+        check_path(path)
+        if path in self._locked:
+            raise ObjectLocked(path)
+        self._locked.add(path)
+        try:
+            if path not in self._objects:
+                self._objects[path] = (b"", time.time())
+            yield _MemoryHandle(self, path)
+        finally:
+            self._locked.discard(path)
+
     async def move(self, src: str, dest: str) -> None:
         """See :meth:`StorageDriver.move`."""
         check_path(dest)
@@ -131,3 +150,54 @@ class MemoryDriver:
     async def close(self) -> None:
         """Drop every object."""
         self._objects.clear()
+
+
+class _MemoryHandle:
+    """An :class:`~dtr.storage.base.AppendHandle` on one key of a :class:`MemoryDriver`."""
+
+    def __init__(self, driver: MemoryDriver, path: str) -> None:
+        self._driver = driver
+        self._path = path
+
+    def _data(self) -> bytes:
+        return self._driver._get(self._path)[0]
+
+    def _set(self, data: bytes) -> None:
+        self._driver._objects[self._path] = (data, time.time())
+
+    async def size(self) -> int:
+        """See :meth:`AppendHandle.size`."""
+        return len(self._data())
+
+    async def truncate(self, size: int) -> None:
+        """See :meth:`AppendHandle.truncate`."""
+        data = self._data()
+        if size < 0 or size > len(data):
+            raise ValueError(f"cannot truncate {self._path} ({len(data)} bytes) to {size}")
+        self._set(data[:size])
+
+    async def write_at(self, offset: int, chunks: AsyncIterable[bytes],
+                       observer: ChunkObserver | None = None) -> int:
+        """See :meth:`AppendHandle.write_at`. The bytes appear when the call returns."""
+        data = self._data()
+        if offset < 0 or offset > len(data):
+            raise ValueError(f"offset {offset} is past the end of {self._path} "
+                             f"({len(data)} bytes)")
+        buf = bytearray(data)
+        pos = offset
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if observer is not None:
+                    observer(chunk)
+                buf[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+        except BaseException as exc:
+            with contextlib.suppress(PathNotFound):
+                self._set(self._data()[:offset])
+            if isinstance(exc, StorageError) or not isinstance(exc, Exception):
+                raise
+            raise WriteAborted(f"source stream failed: {exc}") from exc
+        self._set(bytes(buf))
+        return pos - offset

@@ -8,14 +8,19 @@
     │                                                   written once, shared by every repo
     └── uploads/
         └── <upload id>/                                one folder per upload session
-            └── <offset, 20 digits>-<nonce>             one segment per PATCH/PUT body,
+            ├── data                                    the upload's one file, written in
+            │                                           place (drivers that can append)
+            └── <offset, 20 digits>-<nonce>             or one segment per PATCH/PUT body,
                                                         named by its start offset (the
                                                         nonce keeps racing writers apart)
 
 Repositories never appear in keys: which repository may read a blob is a database row
 (a *link*), so a cross-repository mount is a row insert and GC is a database query.
-Upload segments are immutable objects, so any replica can append the next one; the
-finishing request composes them into the blob key.
+On a driver that can write in place (filesystem) every body lands in ``data`` under its
+lock and the finishing request moves that file to the blob key; elsewhere (S3) segments
+are immutable objects, so any replica can append the next one, and the finishing request
+composes them into the blob key. Everything of an upload is under its folder, so deleting
+the folder (``delete_prefix``) drops it either way.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ def blob_key(algorithm: str, encoded: str) -> str:
 def upload_prefix(upload_id: str) -> str:
     """Folder of an upload's segments (pass to ``delete_prefix`` / ``list``)."""
     return f"{UPLOADS}/{upload_id}"
+
+
+def upload_data_key(upload_id: str) -> str:
+    """Key of the file an upload is written into in place: ``uploads/<id>/data``."""
+    return f"{UPLOADS}/{upload_id}/data"
 
 
 def upload_segment_key(upload_id: str, offset: int, nonce: str) -> str:

@@ -1,6 +1,8 @@
 """The StorageDriver contract (``dtr/storage/base.py``), run against every driver: memory,
 filesystem, S3 on moto, S3 on a real MinIO server, and any S3 endpoint named by
-``DTR_TEST_S3_URL`` (``http[s]://ACCESS:SECRET@host:port/bucket``)."""
+``DTR_TEST_S3_URL`` (``http[s]://ACCESS:SECRET@host:port/bucket``); and the optional
+``AppendableDriver`` capability (writes in place under a lock) against the drivers that
+offer it (memory, filesystem; across processes for the filesystem)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import asyncio
 import hashlib
 import os
 import random
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,8 +25,10 @@ import pytest
 
 from dtr.storage.base import (
     CHUNK,
+    AppendableDriver,
     InvalidPath,
     ObjectInfo,
+    ObjectLocked,
     PathNotFound,
     StorageDriver,
     StorageError,
@@ -446,6 +453,251 @@ async def test_concurrent_writes_same_key(driver: StorageDriver) -> None:
     datas = [blob(2 * MIB, 200 + i) for i in range(4)]
     await asyncio.gather(*(driver.write("same", chunked(d)) for d in datas))
     assert await driver.get_bytes("same") in datas
+
+
+# -- in-place writes (AppendableDriver) ---------------------------------------------------------
+APPENDABLE = ["memory", "filesystem"]
+
+
+@pytest.fixture(params=APPENDABLE)
+async def appendable(request: pytest.FixtureRequest,
+                     tmp_path: Path) -> AsyncIterator[AppendableDriver]:
+    drv: StorageDriver = (MemoryDriver() if request.param == "memory"
+                          else FilesystemDriver(tmp_path / "root", fsync=True))
+    assert isinstance(drv, AppendableDriver)
+    yield drv
+    await drv.close()
+
+
+def as_driver(drv: AppendableDriver) -> StorageDriver:
+    assert isinstance(drv, StorageDriver)
+    return drv
+
+
+def test_which_drivers_append_in_place() -> None:
+    assert not issubclass(S3Driver, AppendableDriver)
+    assert issubclass(FilesystemDriver, AppendableDriver)
+    assert issubclass(MemoryDriver, AppendableDriver)
+
+
+async def test_open_append_creates_an_empty_object(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    async with appendable.open_append("up/a/data") as h:
+        assert await h.size() == 0
+    assert await drv.get_bytes("up/a/data") == b""
+    assert await listing(drv, "up") == {"up/a/data": 0}
+
+
+async def test_write_at_appends_in_place(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    first, second = blob(3 * MIB + 5, 1), blob(100 * 1024 + 1, 2)
+    seen: list[bytes] = []
+    async with appendable.open_append("up/data") as h:
+        assert await h.write_at(0, chunked(first), seen.append) == len(first)
+        assert await h.size() == len(first)
+        assert await h.write_at(len(first), chunked(second), seen.append) == len(second)
+        assert await h.size() == len(first) + len(second)
+        assert await h.write_at(await h.size(), chunked(b"")) == 0
+    assert b"".join(seen) == first + second
+    assert await read_all(drv, "up/data") == first + second
+    # the lock is gone: the object opens again and keeps its bytes
+    async with appendable.open_append("up/data") as h:
+        assert await h.size() == len(first) + len(second)
+
+
+async def test_write_at_overwrites_and_keeps_what_follows(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    async with appendable.open_append("up/data") as h:
+        await h.write_at(0, chunked(b"0123456789"))
+        assert await h.write_at(2, chunked(b"ab")) == 2
+    assert await drv.get_bytes("up/data") == b"01ab456789"
+
+
+async def test_truncate(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    async with appendable.open_append("up/data") as h:
+        await h.write_at(0, chunked(b"0123456789"))
+        await h.truncate(4)
+        assert await h.size() == 4
+        await h.truncate(4)
+        with pytest.raises(ValueError):
+            await h.truncate(5)
+        with pytest.raises(ValueError):
+            await h.truncate(-1)
+        await h.write_at(4, chunked(b"xy"))
+    assert await drv.get_bytes("up/data") == b"0123xy"
+
+
+async def test_write_at_past_the_end_is_refused(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    async with appendable.open_append("up/data") as h:
+        await h.write_at(0, chunked(b"abc"))
+        for offset in (4, -1):
+            with pytest.raises(ValueError):
+                await h.write_at(offset, chunked(b"hole"))
+        with pytest.raises(ValueError):
+            await h.write_at(9, chunked(b""))
+        assert await h.size() == 3
+    assert await drv.get_bytes("up/data") == b"abc"
+
+
+async def test_lock_is_exclusive_and_not_waited_for(appendable: AppendableDriver) -> None:
+    async with appendable.open_append("up/data") as h:
+        await h.write_at(0, chunked(b"held"))
+        with pytest.raises(ObjectLocked):
+            async with appendable.open_append("up/data"):
+                pass
+        async with appendable.open_append("up/other") as other:  # other keys are free
+            await other.write_at(0, chunked(b"free"))
+        assert await h.size() == 4
+    async with appendable.open_append("up/data") as h:
+        assert await h.size() == 4
+
+
+async def test_lock_is_released_when_the_body_raises(appendable: AppendableDriver) -> None:
+    with pytest.raises(RuntimeError):
+        async with appendable.open_append("up/data"):
+            raise RuntimeError("request failed")
+    async with appendable.open_append("up/data") as h:
+        assert await h.size() == 0
+
+
+@pytest.mark.parametrize("before_failure", [0, 100 * 1024, 11 * MIB])
+async def test_failed_write_at_is_cut_back(appendable: AppendableDriver,
+                                           before_failure: int) -> None:
+    drv = as_driver(appendable)
+    kept = blob(1000, 3)
+    boom = ConnectionResetError("client went away")
+    async with appendable.open_append("up/data") as h:
+        await h.write_at(0, chunked(kept + b"leftover of a crash"))
+        with pytest.raises(WriteAborted) as info:
+            await h.write_at(len(kept), failing(blob(before_failure), boom))
+        assert info.value.__cause__ is boom
+        assert await h.size() == len(kept)
+        assert await h.write_at(len(kept), chunked(b"retry")) == 5
+    assert await drv.get_bytes("up/data") == kept + b"retry"
+
+
+async def test_storage_error_from_source_is_not_wrapped_in_place(
+        appendable: AppendableDriver) -> None:
+    async with appendable.open_append("up/data") as h:
+        with pytest.raises(PathNotFound):
+            await h.write_at(0, failing(b"abc", PathNotFound("elsewhere")))
+        assert await h.size() == 0
+
+
+async def test_cancelled_write_at_is_cut_back(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    started = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield blob(6 * MIB)
+        started.set()
+        await asyncio.Event().wait()
+        yield b"never"
+
+    async def append() -> None:
+        async with appendable.open_append("up/data") as h:
+            await h.write_at(3, stalls())
+
+    await drv.put_bytes("up/data", b"old")
+    task = asyncio.ensure_future(append())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with appendable.open_append("up/data") as h:  # the lock was released
+        assert await h.size() == 3
+    assert await drv.get_bytes("up/data") == b"old"
+
+
+async def test_holder_may_move_the_object(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    data = blob(2 * MIB + 9, 4)
+    async with appendable.open_append("up/data") as h:
+        await h.write_at(0, chunked(data))
+        await drv.move("up/data", "blobs/d")
+    assert await read_all(drv, "blobs/d") == data
+    await assert_missing(drv, "up/data")
+    async with appendable.open_append("up/data") as h:  # a new, empty object
+        assert await h.size() == 0
+    assert await read_all(drv, "blobs/d") == data
+
+
+async def test_delete_prefix_removes_an_object_written_in_place(
+        appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    async with appendable.open_append("up/x/data") as h:
+        await h.write_at(0, chunked(b"abc"))
+    assert await drv.delete_prefix("up/x") == 1
+    await assert_missing(drv, "up/x/data")
+
+
+async def test_concurrent_handles_on_other_keys(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    datas = {f"up/{i}/data": blob(3 * MIB + i, 300 + i) for i in range(4)}
+
+    async def fill(key: str, data: bytes) -> None:
+        async with appendable.open_append(key) as h:
+            await h.write_at(0, chunked(data[:MIB]))
+            await h.write_at(MIB, chunked(data[MIB:]))
+
+    await asyncio.gather(*(fill(k, v) for k, v in datas.items()))
+    assert [await read_all(drv, k) for k in datas] == list(datas.values())
+
+
+_HOLDER = textwrap.dedent("""
+    import asyncio, sys
+    from dtr.storage.filesystem import FilesystemDriver
+
+    async def main() -> None:
+        drv = FilesystemDriver(sys.argv[1], fsync=False)
+        async with drv.open_append("up/data"):
+            print("locked", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await drv.close()
+
+    asyncio.run(main())
+""")
+
+
+async def test_filesystem_lock_holds_across_processes(tmp_path: Path) -> None:
+    """Two worker processes (or replicas on one disk) never write one file at once."""
+    root = tmp_path / "root"
+    drv = FilesystemDriver(root, fsync=False)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ObjectLocked):
+            async with drv.open_append("up/data"):
+                pass
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=30) == 0
+        async with drv.open_append("up/data") as h:
+            assert await h.write_at(0, chunked(b"mine")) == 4
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        await drv.close()
+
+
+async def test_filesystem_move_of_a_written_file_is_a_rename(tmp_path: Path) -> None:
+    """The upload file becomes the blob without a copy: same inode."""
+    drv = FilesystemDriver(tmp_path / "root", fsync=True)
+    try:
+        async with drv.open_append("up/data") as h:
+            await h.write_at(0, chunked(blob(MIB, 8)))
+            inode = os.stat(drv.root / "up" / "data").st_ino
+            await drv.move("up/data", "blobs/d")
+        assert os.stat(drv.root / "blobs" / "d").st_ino == inode
+    finally:
+        await drv.close()
 
 
 # -- S3 only ---------------------------------------------------------------------------------
