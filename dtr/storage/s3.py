@@ -1,30 +1,45 @@
 """S3 storage driver (MinIO or any S3-compatible store): the only module that imports
-``minio``; like all of ``storage`` it imports no other dtr package.
+``minio``; like all of ``storage`` it imports no other dtr package. No blob is ever held
+whole in memory (``get_bytes`` aside, for small objects).
 
-Blocking SDK calls run on a private thread pool. A write is one PUT when it fits in one
-part, else a multipart upload fed while the body is still arriving: parts upload in
-worker threads (``_PARTS_IN_FLIGHT`` per write) while the event loop receives the next,
-so memory per write stays near ``(_PARTS_IN_FLIGHT + 1) * part_size`` whatever the size,
-and nothing appears at the key until the upload completes. The SDK's public
+Blocking SDK calls run on a private thread pool.
+
+Writes: a write is one PUT when it fits in one part, else a multipart upload fed while
+the body is still arriving. The incoming chunks are copied into part buffers (anonymous
+memory maps of ``part_size`` bytes, reused from part to part and unmapped when the write
+ends, so memory goes back to the OS whatever the allocator's settings); full parts upload
+in worker threads (``_PARTS_IN_FLIGHT`` per write) while the event loop fills the next,
+so memory per write stays at most ``(_PARTS_IN_FLIGHT + 1) * part_size`` whatever the
+size, and nothing appears at the key until the upload completes. The SDK's public
 ``put_object`` cannot be fed from the event loop without a blocking file object and an
 extra copy per part, so writes use its multipart primitives (``_create_multipart_upload``,
-``_upload_part``, ``_complete_multipart_upload``, ``_abort_multipart_upload``,
-``_put_object``); the SDK version is pinned (``minio==7.2.20``) for that reason.
+``_upload_part``, ``_upload_part_copy``, ``_complete_multipart_upload``,
+``_abort_multipart_upload``, ``_put_object``); the SDK version is pinned
+(``minio==7.2.20``) for that reason. ``compose`` copies its sources server-side as the
+parts of one upload, several at a time.
+
+Reads: ``reader`` streams the GET response: a worker thread reads the raw body (no
+urllib3 decoding) in batches of up to ``_READ_BATCH`` bytes, as chunks of at most
+``CHUNK``, one batch ahead of the consumer; the batch that reaches the end of the body
+returns the connection to the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import mmap
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource, CopySource
+from minio.commonconfig import CopySource
 from minio.datatypes import Object, Part
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
@@ -46,6 +61,10 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024**3
 #: Part uploads one write keeps running while it receives the next part.
 _PARTS_IN_FLIGHT = 2
+#: Server-side part copies one compose keeps running.
+_COPIES_IN_FLIGHT = 4
+#: Most bytes one worker-thread read of a GET body gathers before handing them over.
+_READ_BATCH = 2 * CHUNK
 #: The part size doubles every this many parts, so S3's 10 000-part cap is never reached.
 _PARTS_PER_SIZE = 1000
 _MISSING = frozenset({"NoSuchKey", "NoSuchBucket"})
@@ -170,13 +189,13 @@ class S3Driver:
                     observer: ChunkObserver | None = None, *, durable: bool = True) -> int:
         """See :meth:`StorageDriver.write`.
 
-        Parts are cut at chunk boundaries once ``part_size`` bytes have arrived; an object
-        smaller than one part is sent as a single PUT. The observer gets the source's
-        chunks as they are, in batches of about :data:`CHUNK` bytes, in a worker thread.
+        The bytes are copied into part buffers of exactly ``part_size`` bytes (a chunk may
+        straddle two parts); an object of at most one part is sent as a single PUT. The
+        observer gets the source's chunks as they are, in batches of about :data:`CHUNK`
+        bytes, in a worker thread.
         """
         upload = _Upload(self, path, self._key(path))
-        part: list[bytes] = []
-        part_bytes = total = 0
+        total = 0
         batch: list[bytes] = []
         batch_bytes = 0
         observing: asyncio.Future[None] | None = None
@@ -186,8 +205,6 @@ class S3Driver:
                     if not chunk:
                         continue
                     total += len(chunk)
-                    part.append(chunk)
-                    part_bytes += len(chunk)
                     if observer is not None:
                         batch.append(chunk)
                         batch_bytes += len(chunk)
@@ -196,9 +213,8 @@ class S3Driver:
                                 await observing
                             observing = self._submit(path, _observe, observer, batch)
                             batch, batch_bytes = [], 0
-                    if part_bytes >= upload.target():
-                        await upload.add(part)
-                        part, part_bytes = [], 0
+                    if upload.take(chunk):
+                        await upload.send()
             except StorageError:
                 raise
             except Exception as exc:
@@ -208,7 +224,7 @@ class S3Driver:
                 observing = None
             if observer is not None and batch:
                 await self._run(path, _observe, observer, batch)
-            await upload.finish(part)
+            await upload.finish()
         except BaseException:
             if observing is not None:
                 with contextlib.suppress(BaseException):
@@ -246,27 +262,69 @@ class S3Driver:
     async def compose(self, sources: list[str], dest: str) -> int:
         """See :meth:`StorageDriver.compose`.
 
-        Server-side (``UploadPartCopy``) when every non-empty source but the last is at
-        least 5 MiB, as S3 requires of parts; otherwise the bytes are streamed through a
-        new upload. Empty sources are skipped; a single source is a server-side copy.
+        Server-side (``UploadPartCopy``, :data:`_COPIES_IN_FLIGHT` at a time, each guarded
+        by the source's ETag) when every non-empty source but the last is at least 5 MiB,
+        as S3 requires of parts; otherwise the bytes are streamed through a new upload.
+        Empty sources are skipped; a single source is a server-side copy.
         """
         dest_key = self._key(dest)
         keys = [self._key(src) for src in sources]
-        infos = await asyncio.gather(*(self.stat(src) for src in sources))
-        used = [(src, key, info.size)
-                for src, key, info in zip(sources, keys, infos, strict=True) if info.size]
-        total = sum(size for _, _, size in used)
+        stats = await asyncio.gather(*(
+            self._run(src, self._client.stat_object, self.bucket, key)
+            for src, key in zip(sources, keys, strict=True)))
+        used = [(src, key, int(st.size or 0), st.etag or "")
+                for src, key, st in zip(sources, keys, stats, strict=True) if st.size]
+        total = sum(size for _, _, size, _ in used)
         if not used:
             await self.put_bytes(dest, b"")
         elif len(used) == 1:
             await self._copy(used[0][0], dest)
-        elif all(size >= MIN_PART_SIZE for _, _, size in used[:-1]):
-            parts = [ComposeSource(self.bucket, key) for _, key, _ in used]
-            await self._run(" + ".join(src for src, _, _ in used),
-                            self._client.compose_object, self.bucket, dest_key, parts)
+        elif all(size >= MIN_PART_SIZE for _, _, size, _ in used[:-1]):
+            await self._compose_parts(" + ".join(src for src, _, _, _ in used), dest_key,
+                                      [(key, size, etag) for _, key, size, etag in used])
         else:
-            total = await self.write(dest, self._concat([src for src, _, _ in used]))
+            total = await self.write(dest, self._concat([src for src, _, _, _ in used]))
         return total
+
+    async def _compose_parts(self, label: str, dest_key: str,
+                             sources: list[tuple[str, int, str]]) -> None:
+        """One multipart upload of ``dest_key`` whose parts are server-side copies of
+        ``sources`` (key, size, ETag); a source over 5 GiB is copied in ranges.
+        """
+        copies: list[dict[str, str]] = []
+        for key, size, etag in sources:
+            head = {"x-amz-copy-source": quote(f"/{self.bucket}/{key}"),
+                    "x-amz-copy-source-if-match": etag}
+            if size <= MAX_PART_SIZE:
+                copies.append(head)
+                continue
+            for start in range(0, size, MAX_PART_SIZE):
+                end = min(start + MAX_PART_SIZE, size) - 1
+                copies.append({**head, "x-amz-copy-source-range": f"bytes={start}-{end}"})
+        upload_id = await self._run(label, self._client._create_multipart_upload,
+                                    self.bucket, dest_key, {"Content-Type": _OCTET})
+        slots = asyncio.Semaphore(_COPIES_IN_FLIGHT)
+
+        async def copy(number: int, headers: dict[str, str]) -> Part:
+            async with slots:
+                etag, _ = await self._run(label, self._client._upload_part_copy, self.bucket,
+                                          dest_key, upload_id, number, headers)
+            return Part(number, etag)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(copy(number, headers))
+                         for number, headers in enumerate(copies, 1)]
+            await self._run(label, self._client._complete_multipart_upload, self.bucket,
+                            dest_key, upload_id, [task.result() for task in tasks])
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._submit(
+                    label, self._client._abort_multipart_upload, self.bucket, dest_key,
+                    upload_id))
+            if isinstance(exc, BaseExceptionGroup):  # the first failed copy says why
+                raise exc.exceptions[0] from None
+            raise
 
     async def _concat(self, sources: list[str]) -> AsyncIterator[bytes]:
         for src in sources:
@@ -361,7 +419,13 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 class _Upload:
-    """One object being written: a single PUT if it fits in one part, else multipart."""
+    """One object being written: a single PUT if it fits in one part, else multipart.
+
+    Parts are assembled in anonymous memory maps of the part size, at most
+    ``_PARTS_IN_FLIGHT + 1`` per write and reused from part to part: no per-part
+    allocation (nor the page faults of fresh memory for every part), and the memory goes
+    back to the OS when the write ends, whatever the allocator's thresholds.
+    """
 
     def __init__(self, driver: S3Driver, path: str, key: str) -> None:
         self._driver = driver
@@ -370,60 +434,132 @@ class _Upload:
         self._key = key
         self._upload_id: str | None = None
         self._creating: asyncio.Future[str] | None = None
-        self._in_flight: set[asyncio.Future[Part]] = set()
+        self._in_flight: dict[asyncio.Future[Part], mmap.mmap] = {}
         self._parts: list[Part] = []
         self._number = 0
+        self._free: list[mmap.mmap] = []
+        self._buffer: mmap.mmap | None = None
+        self._filled = 0
+        self._rest: memoryview | None = None
 
     def target(self) -> int:
-        """Size at which the part being received is cut and sent."""
+        """Size of the part being received: it is sent when this many bytes are in."""
         grown = self._driver.part_size << (self._number // _PARTS_PER_SIZE)
         return min(grown, MAX_PART_SIZE)
 
-    async def add(self, chunks: list[bytes]) -> None:
-        """Start uploading one part; wait first if too many are in flight."""
-        if self._upload_id is None:
-            # Kept as a future so that abort() can still learn the id after a cancel.
-            self._creating = self._driver._submit(
-                self._path, self._client._create_multipart_upload, self._driver.bucket,
-                self._key, {"Content-Type": _OCTET})
-            self._upload_id = await self._creating
-        while len(self._in_flight) >= _PARTS_IN_FLIGHT:
-            done, _ = await asyncio.wait(self._in_flight,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                self._parts.append(fut.result())  # a failed part stays for abort()
-                self._in_flight.discard(fut)
-        self._number += 1
-        self._in_flight.add(self._driver._submit(self._path, self._send_part,
-                                                 self._upload_id, self._number, chunks))
+    def take(self, chunk: bytes | memoryview) -> bool:
+        """Copy ``chunk`` into the part buffer; True when a full part awaits :meth:`send`.
 
-    def _send_part(self, upload_id: str, number: int, chunks: list[bytes]) -> Part:
-        etag = self._client._upload_part(self._driver.bucket, self._key, b"".join(chunks),
-                                         None, upload_id, number)
+        A chunk that fills the part is cut there; :meth:`send` carries its rest over.
+        """
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = self._new_buffer()
+        room = len(buffer) - self._filled
+        if len(chunk) < room:
+            buffer[self._filled:self._filled + len(chunk)] = chunk
+            self._filled += len(chunk)
+            return False
+        view = memoryview(chunk)
+        buffer[self._filled:] = view[:room]
+        self._filled = len(buffer)
+        self._rest = view[room:]
+        return True
+
+    def _new_buffer(self) -> mmap.mmap:
+        size = self.target()
+        while self._free:
+            buffer = self._free.pop()
+            if len(buffer) == size:
+                return buffer
+            _unmap(buffer)  # the part size has grown
+        return mmap.mmap(-1, size)
+
+    async def send(self) -> None:
+        """Upload the full part buffer (waiting first if too many parts are in flight),
+        then start the next part with the rest of the chunk that filled it.
+        """
+        while True:
+            rest, self._rest = self._rest, None
+            await self._add()
+            if not rest or not self.take(rest):
+                return
+
+    async def _add(self) -> None:
+        """Start uploading the filled buffer as the next part."""
+        buffer, filled = self._buffer, self._filled
+        assert buffer is not None
+        self._buffer, self._filled = None, 0
+        if self._upload_id is None:
+            try:
+                # Kept as a future so that abort() can still learn the id after a cancel.
+                self._creating = self._driver._submit(
+                    self._path, self._client._create_multipart_upload, self._driver.bucket,
+                    self._key, {"Content-Type": _OCTET})
+                self._upload_id = await self._creating
+            except BaseException:
+                self._free.append(buffer)
+                raise
+        while len(self._in_flight) >= _PARTS_IN_FLIGHT:
+            try:
+                done, _ = await asyncio.wait(self._in_flight,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                self._free.append(buffer)
+                raise
+            for fut in done:
+                self._free.append(self._in_flight.pop(fut))
+                self._parts.append(fut.result())  # a failed part fails the write
+        self._number += 1
+        fut = self._driver._submit(self._path, self._send_part, self._upload_id,
+                                   self._number, buffer, filled)
+        self._in_flight[fut] = buffer
+
+    def _send_part(self, upload_id: str, number: int, buffer: mmap.mmap, size: int) -> Part:
+        with memoryview(buffer) as view, view[:size] as body:
+            etag = self._client._upload_part(self._driver.bucket, self._key, body,  # type: ignore[arg-type]
+                                             None, upload_id, number)
         return Part(number, etag)
 
-    async def finish(self, tail: list[bytes]) -> None:
+    async def finish(self) -> None:
         """Send the last part and complete the upload (or PUT a small object whole)."""
-        if self._upload_id is None:
-            await self._driver._run(self._path, _put, self._client, self._driver.bucket,
-                                    self._key, tail)
-            return
-        if tail:
-            await self.add(tail)
-        while self._in_flight:
-            fut = self._in_flight.pop()
-            self._parts.append(await fut)
-        self._parts.sort(key=lambda p: p.part_number)
-        await self._driver._run(self._path, self._client._complete_multipart_upload,
-                                self._driver.bucket, self._key, self._upload_id, self._parts)
-        self._upload_id = self._creating = None
+        try:
+            if self._upload_id is None:
+                await self._driver._run(self._path, _put, self._client, self._driver.bucket,
+                                        self._key, self._buffer, self._filled)
+                return
+            if self._filled:
+                await self._add()
+            while self._in_flight:
+                fut = next(iter(self._in_flight))
+                # Shielded: a cancel must not mark the part done while its thread still
+                # reads the buffer (abort() waits for it before unmapping).
+                self._parts.append(await asyncio.shield(fut))
+                self._free.append(self._in_flight.pop(fut))
+            self._parts.sort(key=lambda p: p.part_number)
+            await self._driver._run(self._path, self._client._complete_multipart_upload,
+                                    self._driver.bucket, self._key, self._upload_id,
+                                    self._parts)
+            self._upload_id = self._creating = None
+        finally:
+            if not self._in_flight:
+                self._release()
+
+    def _release(self) -> None:
+        """Unmap the part buffers (none is in use any more)."""
+        buffers = [*self._free, *([self._buffer] if self._buffer is not None else [])]
+        self._free, self._buffer, self._filled, self._rest = [], None, 0, None
+        for buffer in buffers:
+            _unmap(buffer)
 
     async def abort(self) -> None:
         """Discard the uploaded parts (best effort: S3 lifecycle rules reap leftovers)."""
-        for fut in self._in_flight:
+        for fut, buffer in self._in_flight.items():
             with contextlib.suppress(BaseException):
                 await asyncio.shield(fut)
+            self._free.append(buffer)
         self._in_flight.clear()
+        self._release()
         if self._upload_id is None and self._creating is not None:
             with contextlib.suppress(BaseException):
                 self._upload_id = await asyncio.shield(self._creating)
@@ -436,48 +572,71 @@ class _Upload:
                     self._key, upload_id))
 
 
-def _put(client: Minio, bucket: str, key: str, chunks: list[bytes]) -> None:
-    client._put_object(bucket, key, b"".join(chunks), {"Content-Type": _OCTET})
+def _unmap(buffer: mmap.mmap) -> None:
+    """Give a part buffer's memory back now; if a view of it is still alive somewhere
+    (an SDK error holding the request), the last reference unmaps it instead.
+    """
+    with contextlib.suppress(BufferError):
+        buffer.close()
+
+
+def _put(client: Minio, bucket: str, key: str, buffer: mmap.mmap | None, size: int) -> None:
+    if buffer is None:
+        client._put_object(bucket, key, b"", {"Content-Type": _OCTET})
+        return
+    with memoryview(buffer) as view, view[:size] as body:
+        client._put_object(bucket, key, body, {"Content-Type": _OCTET})  # type: ignore[arg-type]
 
 
 class _Body:
-    """Async iterator over a GET response that keeps one read ahead of the consumer.
+    """Async iterator over a GET response, read in batches in worker threads.
 
-    The HTTP connection goes back to the pool at the end of the body, or is closed by
-    :meth:`aclose` (or an error) before then.
+    A worker thread reads a batch of chunks (:data:`CHUNK` bytes each; the first batch one
+    chunk, then doubling up to :data:`_READ_BATCH` bytes) while the consumer takes the
+    previous batch, so one thread hop and at most one event-loop wake-up serve a whole
+    batch. The batch that reaches the end of the body gives the HTTP connection back to
+    the pool from its thread; :meth:`aclose` (or an error) closes it before then.
     """
 
     def __init__(self, driver: S3Driver, path: str, response: Any) -> None:
         self._pool = driver._pool
         self._path = path
         self._response = response
+        self._ready: collections.deque[bytes] = collections.deque()
+        self._batch = CHUNK
         self._closed = False
-        self._pending: Future[bytes] | None = self._read_ahead()
+        self._pending: Future[tuple[list[bytes], bool]] | None = self._read_ahead()
 
-    def _read_ahead(self) -> Future[bytes]:
-        return self._pool.submit(_guard, self._path, self._response.read, CHUNK)
+    def _read_ahead(self) -> Future[tuple[list[bytes], bool]]:
+        size, self._batch = self._batch, min(2 * self._batch, _READ_BATCH)
+        return self._pool.submit(_guard, self._path, _read_batch, self._response, size)
 
     def __aiter__(self) -> _Body:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._ready:
+            return self._ready.popleft()
         if self._closed or self._pending is None:
             raise StopAsyncIteration
         try:
-            data: bytes = await asyncio.wrap_future(self._pending)
+            chunks, end = await asyncio.wrap_future(self._pending)
         except BaseException:
             await self.aclose()  # closes once the read in progress, if any, is over
             raise
-        if not data:
+        if end:  # the connection is back in the pool
             self._pending = None
             self._closed = True
-            self._response.release_conn()
+        else:
+            self._pending = self._read_ahead()
+        if not chunks:
             raise StopAsyncIteration
-        self._pending = self._read_ahead()
-        return data
+        self._ready.extend(chunks)
+        return self._ready.popleft()
 
     async def aclose(self) -> None:
         """Stop reading and close the connection (after any read in progress)."""
+        self._ready.clear()
         if self._closed:
             return
         self._closed = True
@@ -490,3 +649,23 @@ class _Body:
     def _release(self) -> None:
         self._response.close()
         self._response.release_conn()
+
+
+def _read_batch(response: Any, size: int) -> tuple[list[bytes], bool]:
+    """Read about ``size`` bytes of the body (in a worker thread) as chunks of at most
+    :data:`CHUNK` bytes; the flag is True, and the connection released, at the end.
+
+    ``decode_content=False``: the stored bytes as they are, without urllib3's decoding
+    buffer (dtr stores no ``Content-Encoding``).
+    """
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        data: bytes = response.read(CHUNK, decode_content=False)
+        if data:
+            chunks.append(data)
+            got += len(data)
+        if not data or response.length_remaining == 0:
+            response.release_conn()
+            return chunks, True
+    return chunks, False
