@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 
 from dtr.core.hooks import RegistryEvent, TagWrite
 from dtr.core.manifest import ParsedManifest, parse_manifest
 from dtr.core.reference import Digest, check_tag, digest_of, is_digest_reference
-from dtr.core.store import Store, ensure_repo, insert_for, repo_id
+from dtr.core.store import Store, ensure_repo, for_dialect, per_dialect, repo_id
 from dtr.db.base import utcnow
 from dtr.db.models import Blob, Manifest, ManifestReference, RepositoryBlob, Tag
 from dtr.errors import (
@@ -159,6 +160,41 @@ class ManifestService:
         await self.store.run(delete_)
 
 
+# Hot-path statements of a manifest PUT, built once and executed with bound parameters
+# (see ``dtr.core.store.per_dialect``): building them per call cost more CPU than the SQL.
+_PRESENT_BLOBS = (
+    select(RepositoryBlob.digest)
+    .join(Blob, Blob.digest == RepositoryBlob.digest)
+    .where(RepositoryBlob.repository_id == bindparam("rid"),
+           RepositoryBlob.digest.in_(bindparam("digests", expanding=True)),
+           Blob.state == "present")
+    # FOR SHARE: gc must not remove these links before this manifest commits
+    .with_for_update(read=True, of=RepositoryBlob))
+_PRESENT_CHILDREN = select(Manifest.digest).where(
+    Manifest.repository_id == bindparam("rid"),
+    Manifest.digest.in_(bindparam("digests", expanding=True)))
+# Locked: a concurrent DELETE by digest must not remove the row between this lookup and
+# the tag insert that points at it (foreign-key violation otherwise).
+_MANIFEST_ID = (select(Manifest.id)
+                .where(Manifest.repository_id == bindparam("rid"),
+                       Manifest.digest == bindparam("digest"))
+                .with_for_update())
+_NEW_MANIFEST = per_dialect(
+    lambda ins: ins(Manifest)
+    .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+    .returning(Manifest.id))
+_NEW_REFERENCES = per_dialect(lambda ins: ins(ManifestReference).on_conflict_do_nothing())
+
+
+def _tag_upsert(ins: Any) -> Any:
+    stmt = ins(Tag)
+    return stmt.on_conflict_do_update(
+        index_elements=["repository_id", "name"],
+        set_={"manifest_id": stmt.excluded.manifest_id, "updated_at": stmt.excluded.updated_at})
+
+
+_TAG_UPSERT = per_dialect(_tag_upsert)
+
 
 def _check_references(s: Connection, rid: int, parsed: ParsedManifest) -> None:
     """Every referenced blob and child manifest must be in the repository.
@@ -168,22 +204,14 @@ def _check_references(s: Connection, rid: int, parsed: ParsedManifest) -> None:
     """
     blobs = sorted({str(d) for d in parsed.blobs})
     if blobs:
-        found = set((s.execute(
-            select(RepositoryBlob.digest)
-            .join(Blob, Blob.digest == RepositoryBlob.digest)
-            .where(RepositoryBlob.repository_id == rid, RepositoryBlob.digest.in_(blobs),
-                   Blob.state == "present")
-            # FOR SHARE: gc must not remove these links before this manifest commits
-            .with_for_update(read=True, of=RepositoryBlob))).scalars())
+        found = set(s.execute(_PRESENT_BLOBS, {"rid": rid, "digests": blobs}).scalars())
         missing = [d for d in blobs if d not in found]
         if missing:
             raise ManifestBlobUnknown(f"blob {missing[0]} is not in the repository",
                                       {"digest": missing[0]})
     children = sorted({str(d) for d in parsed.manifests})
     if children:
-        found = set((s.execute(
-            select(Manifest.digest).where(Manifest.repository_id == rid,
-                                          Manifest.digest.in_(children)))).scalars())
+        found = set(s.execute(_PRESENT_CHILDREN, {"rid": rid, "digests": children}).scalars())
         missing = [d for d in children if d not in found]
         if missing:
             raise ManifestBlobUnknown(f"manifest {missing[0]} is not in the repository",
@@ -193,23 +221,16 @@ def _check_references(s: Connection, rid: int, parsed: ParsedManifest) -> None:
 def _upsert_manifest(s: Connection, rid: int, digest: str, parsed: ParsedManifest,
                      body: bytes) -> int:
     """The id of the manifest row, inserted with its reference edges if new."""
-    # Lock the row: a concurrent DELETE by digest must not remove it between this
-    # lookup and the tag insert that points at it (foreign-key violation otherwise).
-    lookup = (select(Manifest.id)
-              .where(Manifest.repository_id == rid, Manifest.digest == digest)
-              .with_for_update())
-    stmt = (insert_for(s, Manifest).values(
-        repository_id=rid, digest=digest, media_type=parsed.media_type, size=len(body),
-        content=body, artifact_type=parsed.artifact_type,
-        subject_digest=str(parsed.subject.digest) if parsed.subject else None,
-        created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
-        .returning(Manifest.id))
+    key = {"rid": rid, "digest": digest}
+    row = {"repository_id": rid, "digest": digest, "media_type": parsed.media_type,
+           "size": len(body), "content": body, "artifact_type": parsed.artifact_type,
+           "subject_digest": str(parsed.subject.digest) if parsed.subject else None,
+           "created_at": utcnow()}
     for _attempt in range(10):
-        existing = s.execute(lookup).scalar()
+        existing = s.execute(_MANIFEST_ID, key).scalar()
         if existing is not None:
             return int(existing)
-        mid = s.execute(stmt).scalar()
+        mid = s.execute(for_dialect(s, _NEW_MANIFEST), row).scalar()
         if mid is None:
             # PostgreSQL: a concurrent push inserted the row first (and a concurrent
             # delete may have removed it again since): look it up again, locked.
@@ -217,17 +238,13 @@ def _upsert_manifest(s: Connection, rid: int, digest: str, parsed: ParsedManifes
         refs = {(str(d), "blob") for d in parsed.blobs}
         refs |= {(str(d), "manifest") for d in parsed.manifests}
         if refs:
-            ins = insert_for(s, ManifestReference).values(
-                [{"manifest_id": mid, "digest": d, "kind": k} for d, k in sorted(refs)])
-            s.execute(ins.on_conflict_do_nothing())
+            s.execute(for_dialect(s, _NEW_REFERENCES),
+                      [{"manifest_id": mid, "digest": d, "kind": k} for d, k in sorted(refs)])
         return int(mid)
     raise Unavailable("the manifest is being pushed and deleted concurrently; retry")
 
 
 def _write_tag(s: Connection, rid: int, tag: str, mid: int) -> None:
     """Point ``tag`` at manifest ``mid`` (insert or move)."""
-    now = utcnow()
-    s.execute(insert_for(s, Tag).values(repository_id=rid, name=tag, manifest_id=mid,
-                                        updated_at=now)
-              .on_conflict_do_update(index_elements=["repository_id", "name"],
-                                     set_={"manifest_id": mid, "updated_at": now}))
+    s.execute(for_dialect(s, _TAG_UPSERT), {"repository_id": rid, "name": tag,
+                                            "manifest_id": mid, "updated_at": utcnow()})
