@@ -3,8 +3,9 @@
 GET (Basic credentials, repeated ``scope``, ``offline_token``) and POST (OAuth2 form:
 ``password`` and ``refresh_token`` grants) authenticate the caller, ask the policy for each
 requested action (``requested ∩ granted``, never an error for missing rights), narrow the
-result by a personal access token's scopes, and sign a short-lived ES256 JWT. Wrong
-credentials are a 401; too many failures a 429 with ``Retry-After``.
+result by a personal access token's scopes, and sign a short-lived ES256 JWT (which this
+worker's verifier remembers as verified). Wrong credentials are a 401; too many failures a
+429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class TokenService:
             await sec.policy.refresh()
         access = self.grant(principal, scopes)
         issued = sec.issuer.issue(principal, sec.service(request), access)
+        # the client's next request (often to this worker) skips the signature check
+        sec.verifier.remember_issued(issued, sec.issuer)
         body: dict[str, Any] = {"token": issued.token, "access_token": issued.token,
                                 "expires_in": issued.expires_in,
                                 "issued_at": issued.issued_at}

@@ -1,6 +1,10 @@
 """Credential checks: a username and password (user password, user personal access token,
 robot secret), a refresh token or a personal access token → :class:`Principal`, with
 failed-login limits. The only place that decides whether presented secrets are right.
+
+Every check reads the database (the failed-login rows and the account or token row), so a
+change counts at the next login; on SQLite that read runs inline on a plain ``sqlite3``
+connection (``dtr.auth.loginreads``), without a thread hop.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from dtr.auth.accounts import decode_scopes, parse_token
+from dtr.auth.loginreads import FAILURES, InlineLoginReads, statement
 from dtr.auth.passwords import (
     hash_password_async,
     needs_rehash,
@@ -91,6 +96,8 @@ class CredentialVerifier:
       ``verify_basic``, the username; a success clears the username's count.
     * A success records ``last_login_at`` (and the token's ``last_used_at``) at most once
       a minute, so steady token traffic causes no writes.
+    * Nothing about the account, the token or the failed logins is remembered between
+      checks: each one reads them (inline on SQLite, see ``dtr.auth.loginreads``).
 
     Args:
         db: the metadata database.
@@ -102,6 +109,7 @@ class CredentialVerifier:
         self.db = db
         self.limiter = limiter
         self.recheck_seconds = recheck_seconds
+        self._inline = InlineLoginReads.for_url(db.url)
         self._valid: dict[tuple[str, str | None], tuple[bool, float]] = {}
         # argon2 costs ~45 ms of CPU by design; a client logging in again and again (one
         # token request per repository and per pull) is answered from a keyed MAC of the
@@ -151,13 +159,18 @@ class CredentialVerifier:
         """
         parsed = parse_token(password) if password.startswith("dtr_") else None
 
-        def read(conn: Connection) -> tuple[bool, _Login | None]:
-            had = self.limiter.check_tx(conn, username, client_ip)
-            if parsed is not None:
-                return had, _load_token(conn, parsed[1])
-            return had, _load_account(conn, username) if _storable(username) else None
+        token_id = parsed[1] if parsed is not None else None
+        name = username if parsed is None and _storable(username) else None
+        if self._inline is not None:
+            had_failures, login = self._read_inline(username, client_ip, token_id, name)
+        else:
+            def read(conn: Connection) -> tuple[bool, _Login | None]:
+                had = self.limiter.check_tx(conn, username, client_ip)
+                if token_id is not None:
+                    return had, _load_token(conn, token_id)
+                return had, _load_account(conn, name) if name is not None else None
 
-        had_failures, login = await self.db.run(read, write=False)
+            had_failures, login = await self.db.run(read, write=False)
         now = utcnow()
         method: AuthMethod
         if parsed is not None:
@@ -185,6 +198,22 @@ class CredentialVerifier:
             rehash = await hash_password_async(password)
         await self._succeeded(login, now, username, client_ip, had_failures, rehash)
         return _principal(login, method)
+
+    def _read_inline(self, account: str, client_ip: str, token_id: str | None,
+                     name: str | None) -> tuple[bool, _Login | None]:
+        """The limiter check (raises ``RateLimited``) and the token row (``token_id``) or
+        account row (``name``), read inline on SQLite.
+        """
+        assert self._inline is not None
+        keys = self.limiter.keys(account, client_ip)
+        had = False
+        if keys:
+            rows = self._inline.all(FAILURES, {"k1": keys[0], "k2": keys[-1]})
+            had = self.limiter.verdict(rows, account, client_ip)
+        row = (self._inline.one(_TOKEN_INLINE, {"token_id": token_id}) if token_id is not None
+               else self._inline.one(_ACCOUNT_INLINE, {"name": name}) if name is not None
+               else None)
+        return had, None if row is None else _Login(**row)
 
     def _mac(self, username: str, password: str) -> bytes:
         return hmac.new(self._cache_key, f"{username}\0{password}".encode(),
@@ -230,12 +259,14 @@ class CredentialVerifier:
         # Token random parts carry 256 bits: guessing one is hopeless, so only the address
         # is limited (an account key would let anyone holding an id lock its owner out).
         parsed = parse_token(token)
+        if self._inline is not None:
+            login = self._read_inline("", client_ip, parsed[1] if parsed else None, None)[1]
+        else:
+            def read(conn: Connection) -> _Login | None:
+                self.limiter.check_tx(conn, "", client_ip)
+                return None if parsed is None else _load_token(conn, parsed[1])
 
-        def read(conn: Connection) -> _Login | None:
-            self.limiter.check_tx(conn, "", client_ip)
-            return None if parsed is None else _load_token(conn, parsed[1])
-
-        login = await self.db.run(read, write=False)
+            login = await self.db.run(read, write=False)
         now = utcnow()
         ok = (secret_matches(parsed[2] if parsed else "", login.token_hash if login else None)
               and parsed is not None and login is not None and parsed[0] == kind
@@ -304,21 +335,27 @@ def _stale(when: dt.datetime | None, now: dt.datetime) -> bool:
 _ACCOUNT_COLUMNS = (Account.id.label("account_id"), Account.name, Account.kind,
                     Account.secret_hash, Account.disabled, Account.expires_at,
                     Account.last_login_at)
+# built once: every login runs one of them, and building a statement (and its cache key)
+# costs SQLAlchemy more than running it
+_ACCOUNT_BY_NAME = select(*_ACCOUNT_COLUMNS).where(Account.name == bindparam("name"))
+_TOKEN_BY_ID = (
+    select(*_ACCOUNT_COLUMNS, AccessToken.id.label("token_id"),
+           AccessToken.kind.label("token_kind"), AccessToken.secret_hash.label("token_hash"),
+           AccessToken.scopes.label("token_scopes"),
+           AccessToken.expires_at.label("token_expires_at"),
+           AccessToken.revoked_at.label("token_revoked_at"),
+           AccessToken.last_used_at.label("token_last_used_at"))
+    .select_from(AccessToken).join(Account, Account.id == AccessToken.account_id)
+    .where(AccessToken.id == bindparam("token_id")))
+_ACCOUNT_INLINE = statement(_ACCOUNT_BY_NAME)
+_TOKEN_INLINE = statement(_TOKEN_BY_ID)
 
 
 def _load_account(conn: Connection, name: str) -> _Login | None:
-    row = conn.execute(select(*_ACCOUNT_COLUMNS).where(Account.name == name)).first()
+    row = conn.execute(_ACCOUNT_BY_NAME, {"name": name}).first()
     return None if row is None else _Login(**row._mapping)
 
 
 def _load_token(conn: Connection, token_id: str) -> _Login | None:
-    row = conn.execute(
-        select(*_ACCOUNT_COLUMNS, AccessToken.id.label("token_id"),
-               AccessToken.kind.label("token_kind"), AccessToken.secret_hash.label("token_hash"),
-               AccessToken.scopes.label("token_scopes"),
-               AccessToken.expires_at.label("token_expires_at"),
-               AccessToken.revoked_at.label("token_revoked_at"),
-               AccessToken.last_used_at.label("token_last_used_at"))
-        .select_from(AccessToken).join(Account, Account.id == AccessToken.account_id)
-        .where(AccessToken.id == token_id)).first()
+    row = conn.execute(_TOKEN_BY_ID, {"token_id": token_id}).first()
     return None if row is None else _Login(**row._mapping)

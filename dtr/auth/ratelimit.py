@@ -13,9 +13,10 @@ import datetime as dt
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, case, delete, literal, select
+from sqlalchemy import Connection, bindparam, case, delete, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -49,6 +50,11 @@ def _fit(value: str) -> str:
         else:
             return value
     return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# built once (every login runs it): building a statement costs more than running it
+_FAILURES = (select(LoginFailure.key, LoginFailure.count, LoginFailure.window_start)
+             .where(LoginFailure.key.in_(bindparam("keys", expanding=True))))
 
 
 class LoginLimiter:
@@ -108,17 +114,33 @@ class LoginLimiter:
         Raises:
             RateLimited: see :meth:`check`.
         """
-        limits = self._limits(account, ip)
-        if not limits:
+        if not self._limits(account, ip):
             return False
+        return self.verdict(conn.execute(_FAILURES, {"keys": self.keys(account, ip)}).all(),
+                            account, ip)
+
+    def keys(self, account: str, ip: str) -> list[str]:
+        """The limiter keys a check of ``account`` from ``ip`` reads (none when both are
+        empty).
+        """
+        return list(self._limits(account, ip))
+
+    def verdict(self, rows: Sequence[Sequence[Any]], account: str, ip: str) -> bool:
+        """:meth:`check` over rows already read: ``(key, count, window_start)`` of
+        :meth:`keys` (for readers other than a SQLAlchemy connection).
+
+        Returns:
+            True if the account key has failures on record (so a success should clear it).
+
+        Raises:
+            RateLimited: see :meth:`check`.
+        """
+        limits = self._limits(account, ip)
         now = self.clock()
-        rows = conn.execute(select(LoginFailure.key, LoginFailure.count,
-                                   LoginFailure.window_start)
-                            .where(LoginFailure.key.in_(limits))).all()
         retry = 0
         for key, count, start in rows:
             ends = start + self.window
-            if count >= limits[key] and ends > now:
+            if key in limits and count >= limits[key] and ends > now:
                 retry = max(retry, math.ceil((ends - now).total_seconds()))
         if retry:
             raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=max(retry, 1))

@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast, get_args
@@ -164,12 +164,15 @@ class IssuedToken:
         expires_in: lifetime in seconds.
         issued_at: issue time, RFC 3339 (``2026-01-02T03:04:05Z``).
         jti: the token's unique id.
+        claims: what a verifier reads from the token (see
+            :meth:`TokenVerifier.remember_issued`).
     """
 
     token: str
     expires_in: int
     issued_at: str
     jti: str
+    claims: Claims | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,17 +209,24 @@ class Claims:
     account_id: int | None
     token_id: str | None
     scopes: tuple[str, ...] | None = None
+    _granted: dict[tuple[str, str], frozenset[str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # (type, name) → actions, built once: the resource server asks on every request
+        granted: dict[tuple[str, str], set[str]] = {}
+        for item in self.access:
+            granted.setdefault((item["type"], item["name"]), set()).update(item["actions"])
+        object.__setattr__(self, "_granted", {k: frozenset(v) for k, v in granted.items()})
 
     def actions(self, type: str, name: str) -> frozenset[str]:
         """Every action granted on resource ``type:name`` (``*`` kept as is)."""
-        return frozenset(a for item in self.access
-                         if item["type"] == type and item["name"] == name
-                         for a in item["actions"])
+        return self._granted.get((type, name), frozenset())
 
     def allows(self, type: str, name: str, action: str) -> bool:
         """True if the token grants ``action`` (or ``*``) on resource ``type:name``."""
-        granted = self.actions(type, name)
-        return action in granted or "*" in granted
+        granted = self._granted.get((type, name))
+        return granted is not None and (action in granted or "*" in granted)
 
     def principal(self) -> Principal:
         """The caller the token was issued to.
@@ -285,7 +295,12 @@ class TokenIssuer:
         }
         token = jwt.encode(self._header, claims, self.keys.signing, registry=_REGISTRY)
         issued_at = dt.datetime.fromtimestamp(iat, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return IssuedToken(token, self.lifetime, issued_at, jti)
+        # the claims hold JSON types only: read exactly as a verifier reads the payload
+        try:
+            read: Claims | None = _claims(claims)
+        except InvalidToken:  # a token no verifier accepts: nothing to remember
+            read = None
+        return IssuedToken(token, self.lifetime, issued_at, jti, read)
 
 
 def _access_entry(entry: Scope | Mapping[str, Any]) -> dict[str, Any]:
@@ -316,8 +331,9 @@ class TokenVerifier:
     ``nbf`` within ``leeway_seconds``; well-formed ``sub``, ``jti``, ``access``.
 
     A verified token is cached (token string → :class:`Claims`) until its expiry, so a
-    client's next request costs a dict lookup plus the time and audience checks. The
-    cache holds at most ``cache_size`` tokens (expired ones are swept, then oldest first).
+    client's next request costs a dict lookup plus the time and audience checks; so is a
+    token this process has just issued (:meth:`remember_issued`). The cache holds at most
+    ``cache_size`` tokens (expired ones are swept, then oldest first).
 
     Args:
         keys: the keys (public parts are enough).
@@ -356,6 +372,20 @@ class TokenVerifier:
             return claims
         self._check(claims, audience, now)
         return claims
+
+    def remember_issued(self, issued: IssuedToken, issuer: TokenIssuer) -> None:
+        """Cache a token this process has just signed as verified.
+
+        The client's first request with it then skips the signature check, which could not
+        fail: the signature is this process's own. Only for an issuer whose ``iss`` and
+        signing key (by its RFC 7638 thumbprint) this verifier accepts; ``aud``, ``exp``
+        and ``nbf`` are still checked on every use.
+        """
+        if (issued.claims is None or issuer.issuer != self.issuer
+                or issuer.keys.kid not in self.keys.verifying
+                or len(issued.token) > MAX_TOKEN_BYTES):
+            return
+        self._remember(issued.token, issued.claims, self.clock())
 
     def _check(self, claims: Claims, audience: str, now: float) -> None:
         if audience not in claims.aud:

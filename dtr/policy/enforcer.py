@@ -2,6 +2,12 @@
 rows, with explained decisions, a per-version decision cache, polling for changes made by
 other replicas, and an offline engine over files for decision tables.
 Never imports api or core; writes go through ``dtr.policy.admin``, never through Casbin.
+
+Casbin still decides every uncached request, but two of its per-call costs are paid once:
+the matcher is parsed once per snapshot (pycasbin re-parses it with ``ast`` on every
+``enforce_ex``), and each ``globMatch`` pattern is compiled once per engine (pycasbin
+expands and compiles it on every call), so a decision on a repository never seen before
+(every new repository's first token) costs a walk of the parsed matcher, not a parse.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import csv
 import functools
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -22,8 +29,8 @@ from typing import Any, Protocol
 import casbin
 from casbin.model import Model
 from casbin.persist import Adapter
-from casbin.util.builtin_operators import glob_match
 from casbin.util.log import disabled_logging
+from wcmatch import glob as wcglob
 
 from dtr.db.database import Database
 from dtr.errors import Invalid, NotFound, Unavailable
@@ -107,6 +114,29 @@ def _well_formed(rules: Iterable[Rule]) -> list[Rule]:
     return good
 
 
+class _Enforcer(casbin.Enforcer):  # type: ignore[misc]
+    """A Casbin enforcer that parses its matcher once.
+
+    pycasbin's ``enforce_ex`` builds a new ``SimpleEval`` (an ``ast.parse`` of the matcher)
+    on every call; the parsed expression only depends on the matcher text, so it is kept
+    per text and handed the call's functions. Only used under ``_Snapshot._lock``.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._expressions: dict[str, Any] = {}
+
+    def _get_expression(self, expr: str, functions: Any = None) -> Any:
+        parsed = self._expressions.get(expr)
+        if parsed is None:
+            parsed = casbin.Enforcer._get_expression(expr, functions)
+            if len(self._expressions) < 64:  # one matcher in dtr's model; bounded anyway
+                self._expressions[expr] = parsed
+        else:
+            parsed.functions = functions
+        return parsed
+
+
 class _Snapshot:
     """One policy version compiled: a Casbin enforcer, its ``p`` rules indexed by (domain,
     subject), and the links the explanation walks. Immutable after construction except for
@@ -121,7 +151,7 @@ class _Snapshot:
         disabled_logging()  # Casbin logs every loaded rule at INFO; dtr logs a summary
         model = Model()
         model.load_model_from_text(model_text)
-        self._enforcer = casbin.Enforcer(model, _RowsAdapter(rules))
+        self._enforcer = _Enforcer(model, _RowsAdapter(rules))
         self._enforcer.add_function("globMatch", glob)
         # Casbin's domain role manager defaults to an equality "pattern" function, which makes
         # building a domain's role map quadratic in its links; dtr has no patterns.
@@ -265,11 +295,40 @@ class _Evaluator:
         return tuple(a for a in dict.fromkeys(actions) if self.allowed(subject, repository, a))
 
 
-def _memo_glob(size: int) -> Callable[[str, str], bool]:
-    """Casbin's globMatch, memoised: it is pure but parses and compiles the pattern on every
-    call (~50 us). The memo outlives policy reloads (one per engine).
+def _wcmatch_pattern(pattern: str) -> str:
+    """The pattern rewrite of pycasbin 2.8's ``glob_match`` (``casbin.util.builtin_operators``):
+    a leading ``*/`` loses its star, ``**`` stays only as a whole path component (other runs
+    of stars become one), and a trailing ``/**`` also matches the path without it.
     """
-    return functools.lru_cache(maxsize=size)(glob_match)
+    if pattern.startswith("*/"):
+        pattern = pattern[1:]
+    parts = [part if part == "**" else re.sub(r"\*{2,}", "*", part)
+             for part in pattern.split("/")]
+    result = "/".join(parts)
+    if result.endswith("/**"):
+        result = "{" + result[:-3] + "," + result + "}"
+    return result
+
+
+def _memo_glob(size: int) -> Callable[[str, str], bool]:
+    """Casbin's globMatch with each pattern compiled once.
+
+    pycasbin's ``glob_match(string, pattern)`` rewrites, brace-expands and compiles the
+    pattern on every call (~50 us), and a memo keyed by (string, pattern) misses for every
+    new repository. Here the compiled matcher is memoised per pattern (the patterns are the
+    policy's, a few hundred at most), so a new repository costs one regex match per
+    candidate rule. The memo outlives policy reloads (one per engine).
+    """
+    @functools.lru_cache(maxsize=size)
+    def matcher(pattern: str) -> Callable[[str], bool]:
+        compiled = wcglob.compile(_wcmatch_pattern(pattern),
+                                  flags=wcglob.GLOBSTAR | wcglob.BRACE)
+        return compiled.match
+
+    def glob_match(string: str, pattern: str) -> bool:
+        return bool(matcher(pattern)(string))
+
+    return glob_match
 
 
 def _model_text(model_path: Path | None) -> str:

@@ -315,3 +315,15 @@ def test_a_changed_password_is_never_accepted_from_the_login_cache(
     token(app_client, user="alice", password="alice-password-2")
     r = app_client.get("/auth/token", headers=basic("alice", "wrong-password-9"))
     assert r.status_code == 401
+
+
+def test_scope_header_reads_like_litestar_headers() -> None:
+    from litestar.datastructures import Headers  # noqa: PLC0415
+
+    from dtr.api.context import scope_header  # noqa: PLC0415
+
+    raw = [(b"host", b"h:1"), (b"Authorization", b"Bearer a"), (b"authorization", b"Bearer b"),
+           (b"x-latin", "caf\xe9".encode("latin-1"))]
+    for name in ("authorization", "host", "x-latin", "missing"):
+        assert scope_header({"headers": raw}, name.encode()) == Headers(raw).get(name, "")
+    assert scope_header({"headers": []}, b"host", "dtr") == "dtr"

@@ -9,6 +9,10 @@ challenge naming exactly the scopes the request needs (``error="insufficient_sco
 the live policy and the account's state (disabled, expired, token revoked; cached 5 s), so
 a revoked grant or credential does not wait for token expiry. ``OpenAccess`` is the
 switched-off mode (``auth.enabled: false``) for isolated test registries.
+
+The check runs on every ``/v2`` request, so its accepting path reads the two headers it
+needs straight from the ASGI scope and keeps the claims in the scope's state, rather than
+having Litestar build a ``Headers`` and a ``State`` object per request.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 from litestar import Request
 
-from dtr.api.context import Security
+from dtr.api.context import Security, scope_header
 from dtr.auth.principal import Principal
 from dtr.auth.scopes import scope_allows
 from dtr.auth.tokens import Claims
@@ -27,6 +31,8 @@ Action = Literal["pull", "push", "delete", "catalog"]
 Req = Request[Any, Any, Any]
 #: Actions re-checked against the live policy on every request, not only at token issue.
 RECHECK = frozenset({"push", "delete"})
+#: Where an accepted request's :class:`Claims` are kept (``request.state.dtr_claims``).
+CLAIMS_KEY = "dtr_claims"
 
 
 class AccessControl(Protocol):
@@ -99,35 +105,33 @@ class TokenAccess:
     async def require(self, request: Req, repository: str | None,
                       actions: tuple[Action, ...]) -> None:
         """Check the bearer token's access list (and the live policy for push/delete)."""
-        if repository is None:
-            scope = "registry:catalog:*" if actions == ("catalog",) else None
-        else:
-            scope = f"repository:{repository}:{','.join(actions)}"
-        header = request.headers.get("authorization", "")
-        kind, _, token = header.partition(" ")
-        if kind.lower() != "bearer" or not token.strip():
-            raise self.challenge(request, scope, None, "authentication required",
-                                 _detail(repository, actions))
+        kind, _, token = scope_header(request.scope, b"authorization").partition(" ")
+        token = token.strip()
+        if kind.lower() != "bearer" or not token:
+            raise self.challenge(request, _scope(repository, actions), None,
+                                 "authentication required", _detail(repository, actions))
         try:
-            claims = self.security.verifier.verify(token.strip(), self.security.service(request))
+            claims = self.security.verifier.verify(token, self.security.service(request))
         except InvalidToken as exc:
-            raise self.challenge(request, scope, "invalid_token", exc.message) from None
-        request.state.dtr_claims = claims
+            raise self.challenge(request, _scope(repository, actions), "invalid_token",
+                                 exc.message) from None
+        # request.state wraps this dict (Litestar sets scope["state"] on every request)
+        request.scope.setdefault("state", {})[CLAIMS_KEY] = claims
         if repository is None:
-            if scope and not claims.allows("registry", "catalog", "*"):
-                raise self.challenge(request, scope, "insufficient_scope",
+            if actions == ("catalog",) and not claims.allows("registry", "catalog", "*"):
+                raise self.challenge(request, _scope(repository, actions), "insufficient_scope",
                                      "the token does not grant the catalog")
             return
         missing = [a for a in actions if not claims.allows("repository", repository, a)]
         if missing:
-            raise self.challenge(request, scope, "insufficient_scope",
+            raise self.challenge(request, _scope(repository, actions), "insufficient_scope",
                                  f"the token does not grant {','.join(missing)} on "
                                  f"{repository}", _detail(repository, tuple(missing)))
         recheck = [a for a in actions if a in RECHECK]
         if recheck:
             principal = claims.principal()
             if not await self.security.credentials.still_valid(principal):
-                raise self.challenge(request, scope, "invalid_token",
+                raise self.challenge(request, _scope(repository, actions), "invalid_token",
                                      "the account is disabled or expired, or the token it "
                                      "logged in with was revoked")
             policy = self.security.policy
@@ -146,7 +150,7 @@ class TokenAccess:
         """Pull on ``repository``: in the token (mount sources), else by the live policy
         narrowed by the token's personal-access-token scopes (catalog entries).
         """
-        claims: Claims | None = getattr(request.state, "dtr_claims", None)
+        claims: Claims | None = request.scope.get("state", {}).get(CLAIMS_KEY)
         if claims is None:
             return False
         if claims.allows("repository", repository, "pull"):
@@ -156,6 +160,13 @@ class TokenAccess:
                                                              "pull"):
             return False
         return self.security.policy.allowed(principal.subject, repository, "pull")
+
+
+def _scope(repository: str | None, actions: tuple[str, ...]) -> str | None:
+    """The scope a challenge names: what the request needs."""
+    if repository is None:
+        return "registry:catalog:*" if actions == ("catalog",) else None
+    return f"repository:{repository}:{','.join(actions)}"
 
 
 def _detail(repository: str | None, actions: tuple[str, ...]) -> list[dict[str, str]] | None:

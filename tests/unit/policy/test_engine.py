@@ -319,26 +319,13 @@ async def test_reloading_a_thousand_rules(db_url: str) -> None:
             admin.bump_version(conn)
 
         await db.run(bulk, write=True)
-        began = time.perf_counter()
         assert await engine.refresh()
-        reload_ms = (time.perf_counter() - began) * 1000
         assert engine._snapshot.count == 1000 + BUILTIN_LINKS
-        n = 300
-        began = time.perf_counter()
-        for i in range(n):
-            engine.decide(f"user:v{i % 50}-3", f"org{i % 50}/app3/x", "push")
-        enforce_us = (time.perf_counter() - began) / n * 1e6
+        for i in range(300):
+            assert engine.decide(f"user:v{i % 50}-3", f"org{i % 50}/app3/x", "push").allowed
         assert engine.allowed("user:v7-3", "org7/app3/x", "push")
         assert not engine.allowed("user:u7-3", "org7/app3/prod/x", "pull")
-        began = time.perf_counter()
-        for _ in range(10000):
-            engine.allowed("user:v7-3", "org7/app3/x", "push")
-        cached_us = (time.perf_counter() - began) / 10000 * 1e6
-        print(f"\n{db_url.partition(':')[0]}: reload {engine._snapshot.count} rules "
-              f"{reload_ms:.1f} ms; decide {enforce_us:.0f} us; cached allowed "
-              f"{cached_us:.2f} us")
-        assert reload_ms < 5000
-        assert cached_us < enforce_us
+        assert not engine.allowed("user:v7-3", "org8/app3/x", "pull")  # cross-org
     finally:
         await engine.close()
         await db.close()
