@@ -13,6 +13,7 @@ Callers test for it with ``isinstance`` and fall back to immutable objects witho
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -254,11 +255,11 @@ def check_path(path: str) -> str:
         InvalidPath: empty, absolute, with an empty or dot-only component, or with
             characters outside ``[A-Za-z0-9._-]``.
     """
-    if not path or path.startswith("/") or path.endswith("/"):
+    if _KEY.fullmatch(path) is None:
         raise InvalidPath(f"invalid storage key {path!r}")
-    for part in path.split("/"):
-        if part in ("", ".", "..") or not all(c.isalnum() or c in "._-" for c in part):
-            raise InvalidPath(f"invalid storage key {path!r}")
-        if not part.isascii():
-            raise InvalidPath(f"invalid storage key {path!r}")
     return path
+
+
+#: One or more ``/``-separated components of ``[A-Za-z0-9._-]``, none ``.`` or ``..``.
+_COMPONENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9._-]+"
+_KEY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")

@@ -2,8 +2,13 @@
 
 Writes go to a temporary file in the destination folder, are fsynced (when durable) and
 renamed into place, so a reader sees the old object or the whole new one. Blocking file
-I/O runs on a private thread pool; while one buffer is being written and hashed in a
-thread, the event loop receives the next one.
+I/O runs on a private thread pool. A body is never joined into one buffer: its pieces
+(as the server received them; runs of small ones are joined) are handed to a thread in
+batches of up to 4 MiB, which feeds each piece to the observer (the hasher) and writes
+the batch with one ``pwritev``; while one batch is in the thread, the event loop receives
+the next (so at most two batches of a write are held). A write opens its temporary file
+in the thread with the first batch and commits it with the last, so a small object costs
+one thread hop.
 
 The driver is also an :class:`~dtr.storage.base.AppendableDriver`: ``open_append`` opens
 a file (an upload's one data file) for ``pwrite`` at an offset under an exclusive,
@@ -29,9 +34,10 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO, TypeVar
 
 from dtr.storage.base import (
@@ -50,6 +56,12 @@ from dtr.storage.base import (
 T = TypeVar("T")
 _TMP_PREFIX = ".tmp-"
 _KICK = 8 * CHUNK
+#: Bytes of body pieces handed to a worker thread at once (one hop, one ``pwritev``).
+_BATCH = 4 * CHUNK
+#: Pieces smaller than this are joined with their small neighbours (bounds the number of
+#: pieces in a batch when a client sends many tiny ones; the server's are ~400 KiB).
+_SMALL = 64 * 1024
+_IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024))
 _SYNC_FILE_RANGE_WRITE = 2
 _LOCK_TRIES = 8
 
@@ -107,6 +119,27 @@ def _copy_into(inp: BinaryIO, out: BinaryIO) -> None:
     out.seek(0, os.SEEK_END)
 
 
+def _open_file(full: Path, path: str) -> int:
+    """A read-only descriptor on the object's file.
+
+    Raises:
+        PathNotFound: no file there (a folder is a key prefix, not an object).
+    """
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathNotFound(path) from None
+    try:
+        regular = S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise PathNotFound(path)
+    return fd
+
+
 def _read_object(full: Path) -> bytes:
     with _open_object(full) as fh:
         return fh.read()
@@ -144,6 +177,196 @@ def _lock_file(full: Path, path: str) -> int:
             return fd
         os.close(fd)
     raise ObjectLocked(path)
+
+
+def _pwrite_all(fd: int, pieces: list[bytes], offset: int) -> int:
+    """Write ``pieces`` in order at ``offset`` (``pwritev``, short writes resumed);
+    return the offset after them.
+    """
+    bufs: list[Any] = pieces
+    i, n = 0, len(pieces)
+    while i < n:
+        done = os.pwritev(fd, bufs[i:i + _IOV_MAX], offset)
+        offset += done
+        while i < n and done >= len(bufs[i]):
+            done -= len(bufs[i])
+            i += 1
+        if done:  # a short write inside a piece: resume after its written part
+            if bufs is pieces:
+                bufs = list(pieces)
+            bufs[i] = memoryview(bufs[i])[done:]
+    return offset
+
+
+async def _pump(chunks: AsyncIterable[bytes],
+                send: Callable[[list[bytes]], concurrent.futures.Future[None]],
+                wait: Callable[[concurrent.futures.Future[None]], Awaitable[None]],
+                ) -> tuple[int, list[bytes]]:
+    """Receive ``chunks`` and ``send`` them to a worker thread in batches of about
+    :data:`_BATCH` bytes, one batch in flight while the next is received; runs of pieces
+    under :data:`_SMALL` bytes are joined. Returns the byte count and the last batch (not
+    sent: the caller sends it with whatever ends the write). On error, the batch in
+    flight has finished before this raises.
+
+    Raises:
+        WriteAborted: the source failed (the original error is the cause).
+    """
+    total = size = small_size = 0
+    batch: list[bytes] = []
+    small: list[bytes] = []
+    pending: concurrent.futures.Future[None] | None = None
+    source = aiter(chunks)
+    try:
+        while True:
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise WriteAborted(f"source stream failed: {exc}") from exc
+            n = len(chunk)
+            if not n:
+                continue
+            total += n
+            size += n
+            if n < _SMALL:
+                small.append(chunk)
+                small_size += n
+                if small_size < _SMALL:
+                    continue
+            if small:
+                batch.append(small[0] if len(small) == 1 else b"".join(small))
+                small, small_size = [], 0
+            if n >= _SMALL:
+                batch.append(chunk)
+            if size >= _BATCH:
+                if pending is not None:
+                    await wait(pending)
+                pending = send(batch)
+                batch, size = [], 0
+        if small:
+            batch.append(small[0] if len(small) == 1 else b"".join(small))
+        if pending is not None:
+            await wait(pending)
+    except BaseException:
+        if pending is not None and not pending.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(pending))
+        raise
+    return total, batch
+
+
+def _errors(fut: concurrent.futures.Future[T], path: str) -> Awaitable[T]:
+    """Await a pool future, mapping OS errors to storage errors."""
+
+    async def run() -> T:
+        try:
+            return await asyncio.wrap_future(fut)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"filesystem: {exc}") from exc
+
+    return run()
+
+
+class _TmpWrite:
+    """The worker-thread side of :meth:`FilesystemDriver.write`: a temporary file next to
+    the object, opened with the first batch, renamed into place with the last.
+    """
+
+    def __init__(self, full: Path, sync: bool, observer: ChunkObserver | None) -> None:
+        self.full = full
+        self.sync = sync
+        self.observer = observer
+        self.kick = _START_WRITEBACK if sync else None
+        self.tmp: Path | None = None
+        self.fd = -1
+        self.at = 0  # bytes written
+        self.kicked = 0  # bytes handed to writeback
+
+    def _open(self) -> None:
+        tmp = self.full.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            self.fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:  # a new folder
+            self.full.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(tmp, flags, 0o666)
+        self.tmp = tmp
+
+    def emit(self, pieces: list[bytes]) -> None:
+        """Hash and write one batch."""
+        if self.fd < 0:
+            self._open()
+        if self.observer is not None:
+            for piece in pieces:
+                self.observer(piece)
+        self.at = _pwrite_all(self.fd, pieces, self.at)
+        if self.kick is not None and self.at - self.kicked >= _KICK:
+            self.kick(self.fd, self.kicked, self.at - self.kicked)
+            self.kicked = self.at
+
+    def finish(self, pieces: list[bytes]) -> None:
+        """Write the last batch, then fsync (when durable) and rename into place."""
+        self.emit(pieces)
+        fd, self.fd = self.fd, -1
+        try:
+            if self.sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert self.tmp is not None
+        os.replace(self.tmp, self.full)
+        self.tmp = None
+        if self.sync:
+            _fsync_dir(self.full.parent)
+
+    def discard(self) -> None:
+        """Close and delete the temporary file (after the last batch sent finished)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            self.tmp = None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(folder: str) -> int:
+    """Delete a folder and everything in it; return how many objects (files but
+    temporary ones) it held. Errors are ignored; a missing folder or a file holds none.
+    """
+    count = 0
+    try:
+        entries = os.scandir(folder)
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                count += _remove_tree(entry.path)
+                continue
+            if not entry.name.startswith(_TMP_PREFIX) and entry.is_file():
+                count += 1
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    return count
 
 
 class _FileHandle:
@@ -213,27 +436,25 @@ class _FileHandle:
         pos = [offset, offset, 0]  # next write position, writeback started up to, checked
         kick = _START_WRITEBACK if _SCRATCH_WRITEBACK else None
 
-        def emit(buf: bytes) -> None:
+        def emit(pieces: list[bytes]) -> None:
             if not pos[2]:
                 self._check(offset)
                 pos[2] = 1
             if observer is not None:
-                observer(buf)
-            view, at = memoryview(buf), pos[0]
-            while view:
-                n = os.pwrite(fd, view, at)
-                at += n
-                view = view[n:]
-            pos[0] = at
+                for piece in pieces:
+                    observer(piece)
+            at = pos[0] = _pwrite_all(fd, pieces, pos[0])
             if kick is not None and at - pos[1] >= _KICK:
                 kick(fd, pos[1], at - pos[1])
                 pos[1] = at
 
-        total = 0
+        if self._closed:
+            raise StorageError(f"filesystem: handle on {self._path} is closed")
         try:
-            total = await self._pump(chunks, emit)
-            if not pos[2]:
-                await self._call(self._check, offset)
+            total, rest = await _pump(chunks, lambda batch: self._submit(emit, batch),
+                                      self._wait)
+            # the last batch, or only the offset check of an empty body
+            await self._call(emit, rest)
         except BaseException:
             # After whatever is still in flight (a no-op when the offset was refused);
             # suppressed: the first error is the one to report.
@@ -246,45 +467,6 @@ class _FileHandle:
         end = os.fstat(self._fd).st_size
         if offset > end:
             raise ValueError(f"offset {offset} is past the end of {self._path} ({end} bytes)")
-
-    async def _pump(self, chunks: AsyncIterable[bytes], emit: Callable[[bytes], None]) -> int:
-        """Feed ``chunks`` to ``emit`` on the pool in 1 MiB buffers, one buffer in flight
-        while the next is received. Returns the byte count.
-
-        Raises:
-            WriteAborted: the source failed (the original error is the cause).
-        """
-        total = size = 0
-        parts: list[bytes] = []
-        pending: concurrent.futures.Future[None] | None = None
-        source = aiter(chunks)
-        while True:
-            try:
-                chunk = await anext(source)
-            except StopAsyncIteration:
-                break
-            except StorageError:
-                raise
-            except Exception as exc:
-                raise WriteAborted(f"source stream failed: {exc}") from exc
-            if not chunk:
-                continue
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= CHUNK:
-                buf = b"".join(parts)
-                parts, size = [], 0
-                total += len(buf)
-                if pending is not None:
-                    await self._wait(pending)
-                pending = self._submit(emit, buf)
-        if pending is not None:
-            await self._wait(pending)
-        if parts:
-            buf = b"".join(parts)
-            total += len(buf)
-            await self._call(emit, buf)
-        return total
 
     async def close(self) -> None:
         """Close the descriptor (releasing the lock) after every queued operation."""
@@ -352,11 +534,7 @@ class FilesystemDriver:
                 os.close(fd)
         os.replace(tmp, full)
         if sync:
-            fd = os.open(full.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(full.parent)
 
     # -- StorageDriver -----------------------------------------------------------------
     async def stat(self, path: str) -> ObjectInfo:
@@ -404,70 +582,29 @@ class FilesystemDriver:
                     observer: ChunkObserver | None = None, *, durable: bool = True) -> int:
         """See :meth:`StorageDriver.write`."""
         full = self._full(path)
-        tmp = await self._run(self._tmp_for, full)
-        fh: BinaryIO = await self._run(open, tmp, "wb")
-        sync = self.fsync and durable
-        kick = _START_WRITEBACK if sync else None
-        written = [0, 0]  # bytes written, bytes handed to writeback
+        out = _TmpWrite(full, self.fsync and durable, observer)
+        pool = self._pool
+        last: list[concurrent.futures.Future[None]] = []
 
-        def _emit(buf: bytes) -> None:
-            if observer is not None:
-                observer(buf)
-            try:
-                fh.write(buf)
-                written[0] += len(buf)
-                if kick is not None and written[0] - written[1] >= _KICK:
-                    fh.flush()
-                    kick(fh.fileno(), written[1], written[0] - written[1])
-                    written[1] = written[0]
-            except OSError as exc:
-                raise StorageError(f"filesystem: {exc}") from exc
+        def send(batch: list[bytes], fn: Callable[[list[bytes]], None] = out.emit,
+                 ) -> concurrent.futures.Future[None]:
+            fut = pool.submit(fn, batch)
+            last[:] = [fut]
+            return fut
+
+        def wait(fut: concurrent.futures.Future[None]) -> Awaitable[None]:
+            return _errors(fut, path)
 
         try:
-            total = await self._pump(chunks, _emit)
-            await self._run(self._commit, tmp, fh, full, sync)
+            total, rest = await _pump(chunks, send, wait)
+            await wait(send(rest, out.finish))  # the last batch, and the commit
         except BaseException:
-            fh.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            # after the batch in flight, if any (a cancelled wait leaves it running)
+            if last:
+                last[-1].add_done_callback(lambda _fut: out.discard())
+            else:
+                out.discard()
             raise
-        return total
-
-    async def _pump(self, chunks: AsyncIterable[bytes], emit: Callable[[bytes], None]) -> int:
-        """Feed ``chunks`` to ``emit`` in a worker thread, one 1 MiB buffer at a time, while
-        the event loop receives the next buffer. Returns the byte count.
-
-        Raises:
-            WriteAborted: the source failed (the original error is the cause).
-        """
-        loop = asyncio.get_running_loop()
-        total = size = 0
-        parts: list[bytes] = []
-        pending: asyncio.Future[None] | None = None
-        try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                parts.append(chunk)
-                size += len(chunk)
-                if size >= CHUNK:
-                    buf = b"".join(parts)
-                    parts, size = [], 0
-                    total += len(buf)
-                    if pending is not None:
-                        await pending
-                    pending = loop.run_in_executor(self._pool, emit, buf)
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise WriteAborted(f"source stream failed: {exc}") from exc
-        finally:
-            if pending is not None:
-                await asyncio.shield(pending)
-        if parts:
-            buf = b"".join(parts)
-            total += len(buf)
-            await self._run(emit, buf)
         return total
 
     async def put_bytes(self, path: str, data: bytes) -> None:
@@ -535,10 +672,22 @@ class FilesystemDriver:
         target = self._full(dest)
 
         def _move() -> None:
-            if not source.is_file():
+            # one open (or stat) checks the source is a file and, when durable, fsyncs it
+            if self.fsync:
+                fd = _open_file(source, src)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            elif not source.is_file():
                 raise PathNotFound(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._commit(source, None, target, self.fsync)
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:  # a new folder (or the source went meanwhile)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+            if self.fsync:
+                _fsync_dir(target.parent)
 
         await self._run(_move)
 
@@ -557,15 +706,7 @@ class FilesystemDriver:
         """See :meth:`StorageDriver.delete_prefix`."""
         full = self._full(prefix)
 
-        def _delete() -> int:
-            if not full.is_dir():
-                return 0
-            count = sum(1 for p in full.rglob("*")
-                        if p.is_file() and not p.name.startswith(_TMP_PREFIX))
-            shutil.rmtree(full, ignore_errors=True)
-            return count
-
-        return await self._run(_delete)
+        return await self._run(_remove_tree, str(full))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """See :meth:`StorageDriver.list`."""

@@ -784,3 +784,128 @@ async def test_s3_bad_credentials(minio_endpoint: tuple[str, str, str]) -> None:
     finally:
         await drv.close()
 
+
+
+# -- bodies of many odd-sized pieces (drivers batch pieces without joining them) ----------------
+def odd_pieces(data: bytes, seed: int = 0) -> list[bytes]:
+    """``data`` cut into pieces of mixed sizes: tiny, odd, around 64 KiB, server-sized
+    (~400 KiB) and past 1 MiB, in a random order.
+    """
+    rnd = random.Random(seed)
+    sizes = [1, 2, 7, 511, 4093, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 400 * 1024 + 3,
+             CHUNK + 17, 3 * MIB + 5]
+    pieces, at = [], 0
+    while at < len(data):
+        n = rnd.choice(sizes)
+        pieces.append(data[at:at + n])
+        at += n
+    return pieces
+
+
+async def from_pieces(pieces: list[bytes], fail: BaseException | None = None,
+                      ) -> AsyncIterator[bytes]:
+    for i, piece in enumerate(pieces):
+        yield piece
+        if i % 3 == 0:
+            await asyncio.sleep(0)
+    if fail is not None:
+        raise fail
+
+
+def recorder() -> tuple[list[bytes], Any]:
+    seen: list[bytes] = []
+
+    def observe(chunk: bytes) -> None:
+        seen.append(bytes(chunk))
+
+    return seen, observe
+
+
+@pytest.mark.parametrize("size", [1, 1000, 70 * 1024, 9 * MIB + 13])
+async def test_write_of_odd_sized_pieces(driver: StorageDriver, size: int) -> None:
+    data = blob(size, 21)
+    seen, observe = recorder()
+    assert await driver.write("odd/k", from_pieces(odd_pieces(data, size)), observe) == size
+    assert b"".join(seen) == data
+    assert await read_all(driver, "odd/k") == data
+
+
+async def test_write_of_many_tiny_pieces(driver: StorageDriver) -> None:
+    data = blob(300 * 1024 + 5, 22)
+    pieces = [data[i:i + 3] for i in range(0, len(data), 3)]
+    seen, observe = recorder()
+    assert await driver.write("tiny/k", from_pieces(pieces), observe) == len(data)
+    assert b"".join(seen) == data
+    assert await driver.get_bytes("tiny/k") == data
+
+
+@pytest.mark.parametrize("size", [10, 5 * MIB + 1, 13 * MIB + 3])
+async def test_write_failing_mid_batch_stores_nothing(driver: StorageDriver, size: int) -> None:
+    boom = ConnectionResetError("client went away")
+    with pytest.raises(WriteAborted) as info:
+        await driver.write("mid/k", from_pieces(odd_pieces(blob(size, 23), size), boom))
+    assert info.value.__cause__ is boom
+    await assert_missing(driver, "mid/k")
+    assert await listing(driver, "mid") == {}
+
+
+@pytest.mark.parametrize("size", [1, 1000, 70 * 1024, 9 * MIB + 13])
+async def test_write_at_of_odd_sized_pieces(appendable: AppendableDriver, size: int) -> None:
+    drv = as_driver(appendable)
+    head = blob(333, 24)
+    data = blob(size, 25)
+    seen, observe = recorder()
+    async with appendable.open_append("up/odd/data") as h:
+        await h.write_at(0, chunked(head))
+        assert await h.write_at(len(head), from_pieces(odd_pieces(data, size)),
+                                observe) == size
+        assert await h.size() == len(head) + size
+    assert b"".join(seen) == data
+    assert await drv.get_bytes("up/odd/data") == head + data
+
+
+@pytest.mark.parametrize("size", [10, 5 * MIB + 1, 13 * MIB + 3])
+async def test_write_at_failing_mid_batch_is_cut_back(appendable: AppendableDriver,
+                                                      size: int) -> None:
+    drv = as_driver(appendable)
+    kept = blob(1234, 26)
+    boom = ConnectionResetError("client went away")
+    async with appendable.open_append("up/mid/data") as h:
+        await h.write_at(0, chunked(kept))
+        with pytest.raises(WriteAborted) as info:
+            await h.write_at(len(kept), from_pieces(odd_pieces(blob(size, 27), size), boom))
+        assert info.value.__cause__ is boom
+        assert await h.size() == len(kept)
+    assert await drv.get_bytes("up/mid/data") == kept
+
+
+async def test_failing_observer_stores_nothing(driver: StorageDriver) -> None:
+    def observe(chunk: bytes) -> None:
+        raise StorageError("observer failed")
+
+    with pytest.raises(StorageError):
+        await driver.write("obs/k", from_pieces(odd_pieces(blob(6 * MIB, 28))), observe)
+    await assert_missing(driver, "obs/k")
+    assert await listing(driver, "obs") == {}
+
+
+async def test_delete_prefix_counts_nested_objects(driver: StorageDriver) -> None:
+    for key in ("tree/a", "tree/b/c", "tree/b/d/e", "treeish/x"):
+        await driver.put_bytes(key, b"1")
+    assert await driver.delete_prefix("tree") == 3
+    assert await listing(driver, "tree") == {}
+    assert await driver.get_bytes("treeish/x") == b"1"
+    assert await driver.delete_prefix("treeish/x") == 0  # an object is not a prefix
+
+
+@pytest.mark.parametrize("key", ["a", "a/b", "...", "a/.b/c.", "A-z_0.9/x"])
+async def test_key_rules_accept(driver: StorageDriver, key: str) -> None:
+    await driver.put_bytes(key, b"v")
+    assert await driver.get_bytes(key) == b"v"
+
+
+@pytest.mark.parametrize("key", ["", "/a", "a/", "a//b", ".", "a/..", "../a", "a/./b",
+                                 "a b", "a\n", "é", "a/\u0661"])
+async def test_key_rules_refuse(driver: StorageDriver, key: str) -> None:
+    with pytest.raises(InvalidPath):
+        await driver.put_bytes(key, b"v")
