@@ -4,8 +4,8 @@ Writes go to a temporary file in the destination folder, are fsynced (when durab
 renamed into place, so a reader sees the old object or the whole new one. Blocking file
 I/O runs on a private thread pool. A body is never joined into one buffer: its pieces
 (as the server received them; runs of small ones are joined) are handed to a thread in
-batches of up to 4 MiB, which feeds each piece to the observer (the hasher) and writes
-the batch with one ``pwritev``; while one batch is in the thread, the event loop receives
+batches of up to 4 MiB, which writes the batch with one ``pwritev`` while a second
+thread feeds its pieces to the observer (the hasher), in order; while one batch is in the thread, the event loop receives
 the next (so at most two batches of a write are held). A write opens its temporary file
 in the thread with the first batch and commits it with the last, so a small object costs
 one thread hop.
@@ -179,6 +179,39 @@ def _lock_file(full: Path, path: str) -> int:
     raise ObjectLocked(path)
 
 
+#: Hashes the batches of big writes while the writing thread copies them into the page
+#: cache: the two run at once (both release the GIL), so a batch costs the longer of the
+#: two instead of their sum.
+_HASHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dtr-hash")
+#: Batches smaller than this are hashed inline (a hand-off costs more than it saves).
+_PARALLEL_MIN = CHUNK
+
+
+def _observe(observer: ChunkObserver, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        observer(piece)
+
+
+def _observe_and_write(observer: ChunkObserver | None, pieces: list[bytes],
+                       write: Callable[[], int]) -> int:
+    """Feed ``pieces`` to ``observer`` (in order) and run ``write``; for big batches the
+    two run in parallel. Returns what ``write`` returns; raises the first failure.
+    """
+    if observer is None:
+        return write()
+    if sum(map(len, pieces)) < _PARALLEL_MIN:
+        _observe(observer, pieces)
+        return write()
+    hashed = _HASHERS.submit(_observe, observer, pieces)
+    try:
+        result = write()
+    except BaseException:
+        concurrent.futures.wait([hashed])
+        raise
+    hashed.result()
+    return result
+
+
 def _pwrite_all(fd: int, pieces: list[bytes], offset: int) -> int:
     """Write ``pieces`` in order at ``offset`` (``pwritev``, short writes resumed);
     return the offset after them.
@@ -303,10 +336,9 @@ class _TmpWrite:
         """Hash and write one batch."""
         if self.fd < 0:
             self._open()
-        if self.observer is not None:
-            for piece in pieces:
-                self.observer(piece)
-        self.at = _pwrite_all(self.fd, pieces, self.at)
+        fd, at = self.fd, self.at
+        self.at = _observe_and_write(self.observer, pieces,
+                                     lambda: _pwrite_all(fd, pieces, at))
         if self.kick is not None and self.at - self.kicked >= _KICK:
             self.kick(self.fd, self.kicked, self.at - self.kicked)
             self.kicked = self.at
@@ -440,10 +472,9 @@ class _FileHandle:
             if not pos[2]:
                 self._check(offset)
                 pos[2] = 1
-            if observer is not None:
-                for piece in pieces:
-                    observer(piece)
-            at = pos[0] = _pwrite_all(fd, pieces, pos[0])
+            start = pos[0]
+            at = pos[0] = _observe_and_write(observer, pieces,
+                                             lambda: _pwrite_all(fd, pieces, start))
             if kick is not None and at - pos[1] >= _KICK:
                 kick(fd, pos[1], at - pos[1])
                 pos[1] = at
