@@ -5,8 +5,9 @@ renamed into place, so a reader sees the old object or the whole new one. Blocki
 I/O runs on a private thread pool. A body is never joined into one buffer: its pieces
 (as the server received them; runs of small ones are joined) are handed to a thread in
 batches of up to 4 MiB, which writes the batch with one ``pwritev`` while a second
-thread feeds its pieces to the observer (the hasher), in order; while one batch is in the thread, the event loop receives
-the next (so at most two batches of a write are held). A write opens its temporary file
+thread feeds its pieces to the observer (the hasher), in order; while one batch is in
+the threads, the event loop receives the next (so at most two batches of a write are
+held). A write opens its temporary file
 in the thread with the first batch and commits it with the last, so a small object costs
 one thread hop.
 
