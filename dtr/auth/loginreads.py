@@ -10,13 +10,12 @@ the columns' own SQLAlchemy types, so a login still reads the database every tim
 disabled account, a new password, a revoked token or a lock-out counted by another
 process count at once. PostgreSQL keeps ``Database.run`` (no thread there).
 
-The same idea as ``dtr.db.reads`` (the pull path's fast reads); this module is where the
-auth layer keeps its own until those reads offer a login lookup.
+The connection is ``dtr.db.reads.ReadOnlySqlite``, the one the pull path's fast reads use;
+this module owns the login statements and their result conversion.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql.selectable import SelectBase
 
 from dtr.db.models import LoginFailure
-from dtr.errors import Unavailable
+from dtr.db.reads import ReadOnlySqlite
 
 Row = tuple[Any, ...]
 _DIALECT = sqlite.dialect(paramstyle="named")
@@ -54,7 +53,8 @@ FAILURES = _Statement(select(LoginFailure.key, LoginFailure.count, LoginFailure.
 
 
 class InlineLoginReads:
-    """Login reads on one ``sqlite3`` connection per process (opened on first use).
+    """Login reads on the process's read-only ``sqlite3`` connection
+    (:class:`dtr.db.reads.ReadOnlySqlite`, opened on first use).
 
     Args:
         path: the SQLite database file.
@@ -62,7 +62,7 @@ class InlineLoginReads:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
+        self._sqlite = ReadOnlySqlite(path)
 
     @classmethod
     def for_url(cls, url: str) -> InlineLoginReads | None:
@@ -73,25 +73,13 @@ class InlineLoginReads:
             return None
         return cls(path)
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=2,
-                                   isolation_level=None)
-            conn.execute("PRAGMA query_only=ON")
-            self._conn = conn
-        return self._conn
-
     def all(self, stmt: _Statement, params: dict[str, Any]) -> list[Row]:
         """Every row of ``stmt``, converted.
 
         Raises:
             Unavailable: the database cannot be read.
         """
-        try:
-            raw = self._db().execute(stmt.sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise Unavailable("metadata database unavailable") from exc
-        return [stmt.row(r) for r in raw]
+        return [stmt.row(r) for r in self._sqlite.all(stmt.sql, params)]
 
     def one(self, stmt: _Statement, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of ``stmt`` as a dict by column key, or None."""
@@ -100,9 +88,7 @@ class InlineLoginReads:
 
     def close(self) -> None:
         """Close the connection (it reopens on the next read)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._sqlite.close()
 
 
 def statement(stmt: SelectBase) -> _Statement:

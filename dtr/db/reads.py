@@ -119,19 +119,18 @@ class FastReads(Protocol):
         ...
 
 
-class SqliteReads:
-    """Reads on one ``sqlite3`` connection per process, run inline on the event loop."""
+class ReadOnlySqlite:
+    """One read-only ``sqlite3`` connection per process (opened on first use, autocommit,
+    ``query_only``), for reads run inline on the event loop: WAL readers never wait for
+    writers. Also used by the login reads (``dtr.auth.loginreads``).
+
+    Args:
+        path: the SQLite database file.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        d = sqlite.dialect(paramstyle="qmark")
-        self._by_tag = _sql(_manifest_by_tag(), d)
-        self._by_digest = _sql(_manifest_by_digest(), d)
-        self._blob = _sql(_blob_size(), d)
-        self._upload_size = _sql(_upload_size(), d)
-        self._upload_parts = _sql(_upload_parts(), d)
-        self._policy_version = _sql(_policy_version(), d)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -141,17 +140,54 @@ class SqliteReads:
             self._conn = conn
         return self._conn
 
-    def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
+    def one(self, sql: str, params: Any) -> Any:
+        """The first row of ``sql`` (raw), or None.
+
+        Raises:
+            Unavailable: the database cannot be read.
+        """
         try:
             return self._db().execute(sql, params).fetchone()
         except sqlite3.Error as exc:
             raise Unavailable("metadata database unavailable") from exc
 
-    def _all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    def all(self, sql: str, params: Any) -> list[Any]:
+        """Every row of ``sql`` (raw).
+
+        Raises:
+            Unavailable: the database cannot be read.
+        """
         try:
             return self._db().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise Unavailable("metadata database unavailable") from exc
+
+    def close(self) -> None:
+        """Close the connection (it reopens on the next read)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class SqliteReads:
+    """Reads on one ``sqlite3`` connection per process, run inline on the event loop."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sqlite = ReadOnlySqlite(path)
+        d = sqlite.dialect(paramstyle="qmark")
+        self._by_tag = _sql(_manifest_by_tag(), d)
+        self._by_digest = _sql(_manifest_by_digest(), d)
+        self._blob = _sql(_blob_size(), d)
+        self._upload_size = _sql(_upload_size(), d)
+        self._upload_parts = _sql(_upload_parts(), d)
+        self._policy_version = _sql(_policy_version(), d)
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        return self._sqlite.one(sql, params)
+
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._sqlite.all(sql, params)
 
     async def manifest(self, repository: str, reference: str,
                        by_digest: bool) -> ManifestRow | None:
@@ -181,9 +217,7 @@ class SqliteReads:
 
     async def close(self) -> None:
         """Close the connection."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._sqlite.close()
 
 
 class PostgresReads:
