@@ -135,12 +135,7 @@ class CredentialVerifier:
         if cached is not None and cached[1] > now:
             return cached[0]
 
-        def read(conn: Connection) -> _Login | None:
-            if key[1] is not None:
-                return _load_token(conn, key[1])
-            return _load_account(conn, key[0])
-
-        login = await self.db.run(read, write=False)
+        login = await self.db.run(lambda conn: _load_login(conn, key[1], key[0]), write=False)
         valid = login is not None and login.name == principal.name and login.usable(utcnow())
         if len(self._valid) > 10_000:
             self._valid.clear()
@@ -161,16 +156,7 @@ class CredentialVerifier:
 
         token_id = parsed[1] if parsed is not None else None
         name = username if parsed is None and _storable(username) else None
-        if self._inline is not None:
-            had_failures, login = self._read_inline(username, client_ip, token_id, name)
-        else:
-            def read(conn: Connection) -> tuple[bool, _Login | None]:
-                had = self.limiter.check_tx(conn, username, client_ip)
-                if token_id is not None:
-                    return had, _load_token(conn, token_id)
-                return had, _load_account(conn, name) if name is not None else None
-
-            had_failures, login = await self.db.run(read, write=False)
+        had_failures, login = await self._read(username, client_ip, token_id, name)
         now = utcnow()
         method: AuthMethod
         if parsed is not None:
@@ -198,6 +184,18 @@ class CredentialVerifier:
             rehash = await hash_password_async(password)
         await self._succeeded(login, now, username, client_ip, had_failures, rehash)
         return _principal(login, method)
+
+    async def _read(self, account: str, client_ip: str, token_id: str | None,
+                    name: str | None) -> tuple[bool, _Login | None]:
+        """The limiter check (raises ``RateLimited``; True if ``account`` has failures on
+        record) and the token row (``token_id``) or account row (``name``): inline on
+        SQLite, else in one ``Database.run`` transaction.
+        """
+        if self._inline is not None:
+            return self._read_inline(account, client_ip, token_id, name)
+        return await self.db.run(
+            lambda conn: (self.limiter.check_tx(conn, account, client_ip),
+                          _load_login(conn, token_id, name)), write=False)
 
     def _read_inline(self, account: str, client_ip: str, token_id: str | None,
                      name: str | None) -> tuple[bool, _Login | None]:
@@ -259,14 +257,7 @@ class CredentialVerifier:
         # Token random parts carry 256 bits: guessing one is hopeless, so only the address
         # is limited (an account key would let anyone holding an id lock its owner out).
         parsed = parse_token(token)
-        if self._inline is not None:
-            login = self._read_inline("", client_ip, parsed[1] if parsed else None, None)[1]
-        else:
-            def read(conn: Connection) -> _Login | None:
-                self.limiter.check_tx(conn, "", client_ip)
-                return None if parsed is None else _load_token(conn, parsed[1])
-
-            login = await self.db.run(read, write=False)
+        login = (await self._read("", client_ip, parsed[1] if parsed else None, None))[1]
         now = utcnow()
         ok = (secret_matches(parsed[2] if parsed else "", login.token_hash if login else None)
               and parsed is not None and login is not None and parsed[0] == kind
@@ -359,3 +350,10 @@ def _load_account(conn: Connection, name: str) -> _Login | None:
 def _load_token(conn: Connection, token_id: str) -> _Login | None:
     row = conn.execute(_TOKEN_BY_ID, {"token_id": token_id}).first()
     return None if row is None else _Login(**row._mapping)
+
+
+def _load_login(conn: Connection, token_id: str | None, name: str | None) -> _Login | None:
+    """The token row (``token_id``), else the account row (``name``), else None."""
+    if token_id is not None:
+        return _load_token(conn, token_id)
+    return None if name is None else _load_account(conn, name)

@@ -114,10 +114,10 @@ class LoginLimiter:
         Raises:
             RateLimited: see :meth:`check`.
         """
-        if not self._limits(account, ip):
+        keys = self.keys(account, ip)
+        if not keys:
             return False
-        return self.verdict(conn.execute(_FAILURES, {"keys": self.keys(account, ip)}).all(),
-                            account, ip)
+        return self.verdict(conn.execute(_FAILURES, {"keys": keys}).all(), account, ip)
 
     def keys(self, account: str, ip: str) -> list[str]:
         """The limiter keys a check of ``account`` from ``ip`` reads (none when both are
@@ -144,7 +144,8 @@ class LoginLimiter:
                 retry = max(retry, math.ceil((ends - now).total_seconds()))
         if retry:
             raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=max(retry, 1))
-        return bool(account) and any(row[0] == account_key(account) for row in rows)
+        own = account_key(account) if account else None
+        return own is not None and any(row[0] == own for row in rows)
 
     def failed_tx(self, conn: Connection, account: str, ip: str) -> None:
         """:meth:`failed` inside the caller's transaction."""
