@@ -179,8 +179,10 @@ class UploadService:
                 raise RangeInvalid("another request is writing to this upload "
                                    "concurrently") from None
 
-    async def _recheck(self, repository: str, upload_id: str, expected: int) -> None:
-        """Under the lock: the upload must still be at ``expected`` bytes.
+    async def _recheck(self, repository: str, upload_id: str, expected: int,
+                       handle: AppendHandle) -> int:
+        """Under the lock: the upload must still be at ``expected`` bytes; return how many
+        bytes the locked file holds.
 
         Raises:
             UploadUnknown: it ended meanwhile (its folder, which opening the lock may
@@ -195,23 +197,21 @@ class UploadService:
         if size != expected:
             raise RangeInvalid("another request appended to this upload concurrently",
                                {"expected_start": size})
+        with storage_guard():
+            return await handle.size()
 
     async def _append_in_place(self, handle: AppendHandle, repository: str, upload_id: str,
                                offset: int, chunks: AsyncIterable[bytes],
                                content_range: tuple[int, int] | None,
                                content_length: int | None) -> int:
         """Under the lock: append at ``offset`` (the size last read); return the new size."""
-        await self._recheck(repository, upload_id, offset)
-        with storage_guard():
-            held = await handle.size()
+        held = await self._recheck(repository, upload_id, offset, handle)
         if held < offset:
             # The file does not hold the upload: its bytes are segments (of an older dtr).
             size, _key = await self._append_at(upload_id, offset, chunks, content_range,
                                                content_length)
             return size
-        hasher = self._hashes.get(upload_id, offset, "sha256")
-        if hasher is None and offset == 0:
-            hasher = hashlib.sha256()
+        hasher = self._running_hash(upload_id, offset)
         written = await self._write_in_place(handle, offset, held, chunks, content_range,
                                              content_length, hasher)
         if written == 0:
@@ -248,6 +248,15 @@ class UploadService:
             raise SizeInvalid(f"received {written} bytes, expected {exact}")
         return written
 
+    def _running_hash(self, upload_id: str, offset: int) -> hashlib._Hash | None:
+        """The sha256 of the upload's first ``offset`` bytes, if this process has it (or
+        ``offset`` is 0); None otherwise (``finish`` re-reads the data).
+        """
+        hasher = self._hashes.get(upload_id, offset, "sha256")
+        if hasher is None and offset == 0:
+            hasher = hashlib.sha256()
+        return hasher
+
     @staticmethod
     async def _cut(handle: AppendHandle, offset: int) -> None:
         """Best effort: drop what this request wrote past ``offset`` (the next writer
@@ -267,10 +276,8 @@ class UploadService:
         the upload and claims the blob row, and ``BlobService.commit`` moves the file to
         the blob key while the lock is still held.
         """
-        await self._recheck(repository, upload_id, expected)
+        held = await self._recheck(repository, upload_id, expected, handle)
         key = paths.upload_data_key(upload_id)
-        with storage_guard():
-            held = await handle.size()
         if held < expected:
             raise UploadInvalid("upload data is missing; start again")
         hasher = self._hashes.get(upload_id, expected, want.algorithm)
@@ -287,14 +294,9 @@ class UploadService:
                 await handle.truncate(size)
         await self._verify(repository, upload_id, want, hasher)
         if size > expected:
-            written = size - expected
-
-            def advance_and_claim(s: Connection) -> tuple[bool, bool | None]:
-                if not _advance(s, upload_id, expected, written, key):
-                    return False, None
-                return True, claim_row(s, str(want), size)
-
-            advanced, claimed = await self.store.run(advance_and_claim)
+            advanced, claimed = await self.store.run(
+                lambda s: _advance_and_claim(s, upload_id, expected, size - expected, key,
+                                             str(want)))
             if not advanced:
                 await self._cut(handle, expected)
                 raise RangeInvalid("another request appended to this upload concurrently")
@@ -324,9 +326,7 @@ class UploadService:
         compare-and-set, so a concurrent append or a stale offset is refused with
         ``RangeInvalid``.
         """
-        hasher = self._hashes.get(upload_id, offset, "sha256")
-        if hasher is None and offset == 0:
-            hasher = hashlib.sha256()
+        hasher = self._running_hash(upload_id, offset)
         written, key = await self._write_segment(upload_id, offset, chunks, content_range,
                                                  content_length, hasher)
         if key is None:
@@ -461,13 +461,8 @@ class UploadService:
         if hasher.hexdigest() != want.encoded:
             await self.store.storage.delete(key)
         await self._verify(repository, upload_id, want, hasher)
-
-        def advance_and_claim(s: Connection) -> tuple[bool, bool | None]:
-            if not _advance(s, upload_id, 0, written, key):
-                return False, None
-            return True, claim_row(s, str(want), written)
-
-        advanced, claimed = await self.store.run(advance_and_claim)
+        advanced, claimed = await self.store.run(
+            lambda s: _advance_and_claim(s, upload_id, 0, written, key, str(want)))
         if not advanced:
             await self.store.storage.delete(key)
             raise RangeInvalid("another request appended to this upload concurrently")
@@ -527,6 +522,16 @@ def _advance(s: Connection, upload_id: str, offset: int, written: int, key: str)
     s.execute(_NEW_PART, {"upload_id": upload_id, "offset": offset, "key": key,
                           "size": written})
     return True
+
+
+def _advance_and_claim(s: Connection, upload_id: str, offset: int, written: int, key: str,
+                       digest: str) -> tuple[bool, bool | None]:
+    """:func:`_advance`, then claim the blob row of the whole upload (``offset + written``
+    bytes) in the same transaction: (advanced, what ``claim_row`` returned).
+    """
+    if not _advance(s, upload_id, offset, written, key):
+        return False, None
+    return True, claim_row(s, digest, offset + written)
 
 
 # Hot-path statements, built once (see ``dtr.core.store.per_dialect``).

@@ -121,6 +121,23 @@ async def failing(data: bytes, exc: BaseException) -> AsyncIterator[bytes]:
     raise exc
 
 
+async def stalls(started: asyncio.Event) -> AsyncIterator[bytes]:
+    """6 MiB, then set ``started`` and hang until cancelled."""
+    yield blob(6 * MIB)
+    started.set()
+    await asyncio.Event().wait()
+    yield b"never"
+
+
+async def cancel_when_stalled(task: asyncio.Future[Any], started: asyncio.Event) -> None:
+    """Cancel ``task`` once its :func:`stalls` source hangs; it must end cancelled."""
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def read_all(drv: StorageDriver, path: str, offset: int = 0,
                    length: int | None = None) -> bytes:
     out = []
@@ -262,18 +279,8 @@ async def test_storage_error_from_source_is_not_wrapped(driver: StorageDriver) -
 async def test_cancelled_write_stores_nothing(driver: StorageDriver) -> None:
     started = asyncio.Event()
 
-    async def stalls() -> AsyncIterator[bytes]:
-        yield blob(6 * MIB)
-        started.set()
-        await asyncio.Event().wait()
-        yield b"never"
-
-    task = asyncio.ensure_future(driver.write("k", stalls()))
-    await started.wait()
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when_stalled(asyncio.ensure_future(driver.write("k", stalls(started))),
+                              started)
     await assert_missing(driver, "k")
 
 
@@ -590,23 +597,12 @@ async def test_cancelled_write_at_is_cut_back(appendable: AppendableDriver) -> N
     drv = as_driver(appendable)
     started = asyncio.Event()
 
-    async def stalls() -> AsyncIterator[bytes]:
-        yield blob(6 * MIB)
-        started.set()
-        await asyncio.Event().wait()
-        yield b"never"
-
     async def append() -> None:
         async with appendable.open_append("up/data") as h:
-            await h.write_at(3, stalls())
+            await h.write_at(3, stalls(started))
 
     await drv.put_bytes("up/data", b"old")
-    task = asyncio.ensure_future(append())
-    await started.wait()
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when_stalled(asyncio.ensure_future(append()), started)
     async with appendable.open_append("up/data") as h:  # the lock was released
         assert await h.size() == 3
     assert await drv.get_bytes("up/data") == b"old"
