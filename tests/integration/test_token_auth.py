@@ -23,19 +23,11 @@ from dtr.auth.principal import Principal
 from dtr.auth.tokens import TokenIssuer
 from dtr.policy import admin as policy_admin
 from tests.conftest import make_settings
+from tests.support.http import basic, bearer
 from tests.support.oci import sha256
 
 ADMIN_PW = "admin-password-1"
 ALICE_PW = "alice-password-1"
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {raw}"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

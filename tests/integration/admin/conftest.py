@@ -8,7 +8,6 @@ Personas made by the ``api`` fixture: ``admin`` (bootstrap system administrator)
 
 from __future__ import annotations
 
-import base64
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,17 +20,9 @@ from sqlalchemy import Connection
 
 from dtr.app import create_app
 from tests.conftest import make_settings
+from tests.support.http import basic, bearer
 
 ADMIN_PW = "admin-password-1"
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {raw}"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def password_of(name: str) -> str:

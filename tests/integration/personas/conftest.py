@@ -17,7 +17,6 @@ World (grants as ``subject, org, glob, role``):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import csv
 import functools
@@ -42,6 +41,7 @@ from dtr.auth.accounts import HashedPassword
 from dtr.auth.passwords import hash_password
 from dtr.policy import admin as policy
 from tests.conftest import make_settings
+from tests.support.http import basic, bearer
 from tests.support.oci import OCI_MANIFEST, OciClient
 
 T = TypeVar("T")
@@ -62,15 +62,6 @@ TOKEN_REUSE_SECONDS = 120
 def password_of(name: str) -> str:
     """Every user's password (the bootstrap admin's too)."""
     return f"{name}-password-1"
-
-
-def basic(user: str, secret: str) -> dict[str, str]:
-    raw = base64.b64encode(f"{user}:{secret}".encode()).decode()
-    return {"Authorization": f"Basic {raw}"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # -- the expectation table -----------------------------------------------------------------
