@@ -211,6 +211,37 @@ def test_revoked_grant_stops_push_before_token_expiry(app_client: TestClient[Any
     assert push_blob(app_client, "acme/app", tok, b"two") == 403
 
 
+def test_push_allowed_when_the_poller_loads_the_grant_during_the_recheck(
+        app_client: TestClient[Any]) -> None:
+    """A worker whose policy is older than the token re-reads it before refusing; if the
+    background poller loads the new policy meanwhile, the push is still decided on it."""
+    sec = app_client.app.state.security
+    tok = token(app_client, "repository:acme/app:pull,push", user="alice",
+                password=ALICE_PW)["token"]
+
+    def remove(conn: Any) -> None:
+        policy_admin.remove_member(conn, "acme", "devs", "user:alice")
+
+    def add(conn: Any) -> None:
+        policy_admin.add_member(conn, "acme", "devs", "user:alice")
+
+    app_client.blocking_portal.call(partial(sec.db.run, remove, write=True))
+    app_client.blocking_portal.call(sec.policy.refresh)  # this worker: alice has no push
+    app_client.blocking_portal.call(partial(sec.db.run, add, write=True))  # not loaded yet
+    engine = sec.policy
+    read_version = engine._read_version
+
+    async def poller_loads_first() -> int:
+        await engine._load()  # the poller wins the race to the new version
+        return await read_version()
+
+    engine._read_version = poller_loads_first
+    try:
+        assert push_blob(app_client, "acme/app", tok, b"raced") == 201
+    finally:
+        engine._read_version = read_version
+
+
 def test_catalog_lists_only_pullable_repositories(app_client: TestClient[Any]) -> None:
     tok = token(app_client, "repository:acme/app:pull,push", user="alice",
                 password=ALICE_PW)["token"]

@@ -139,9 +139,10 @@ class TokenAccess:
                 if policy.allowed(principal.subject, repository, action):
                     continue
                 # the token was issued on a fresher policy than this worker's (a grant made
-                # a moment ago): read the version once before refusing
-                if await policy.refresh() and policy.allowed(principal.subject, repository,
-                                                             action):
+                # a moment ago): read the version once before refusing, and decide again
+                # even when this refresh loaded nothing (the poller may just have)
+                await policy.refresh()
+                if policy.allowed(principal.subject, repository, action):
                     continue
                 raise Denied(f"{action} on {repository} is no longer allowed for "
                              f"{principal.name or 'anonymous'}")
