@@ -5,7 +5,8 @@ serve any request of an upload. The bytes are stored one of two ways:
 
 * **In place**, on a driver that can write in place (``AppendableDriver``: the filesystem).
   Every body is written at its offset into the upload's one file (``uploads/<id>/data``)
-  while holding that file's exclusive lock, taken without waiting: a busy lock means a
+  while holding that file's exclusive lock. A busy lock is retried for up to 2 s (a
+  request whose client went away may still be cutting its bytes back); still busy means a
   concurrent request, refused with ``RangeInvalid`` (416). Under the lock the upload size
   is read again and must be the offset the request expects; the file is cut to it
   (dropping what a failed or crashed writer left past it), the body is written and
@@ -33,6 +34,7 @@ re-read under the lock) and two write transactions (that one, then the link).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import secrets
@@ -57,6 +59,9 @@ from dtr.errors import (
 )
 from dtr.storage import paths
 from dtr.storage.base import AppendableDriver, AppendHandle, ObjectLocked, PathNotFound
+
+LOCK_WAIT_SECONDS = 2.0
+"""How long a request waits for an upload file another request holds before a 416."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +175,26 @@ class UploadService:
     @contextlib.asynccontextmanager
     async def _hold(self, storage: AppendableDriver,
                     upload_id: str) -> AsyncIterator[AppendHandle]:
-        """The upload's data file, locked; a lock another request holds is a 416."""
+        """The upload's data file, locked. A busy lock is retried for up to
+        :data:`LOCK_WAIT_SECONDS` (a request whose client went away may still be cutting
+        its bytes back); still busy after that is a concurrent request: 416.
+        """
+        key = paths.upload_data_key(upload_id)
         with storage_guard():
-            try:
-                async with storage.open_append(paths.upload_data_key(upload_id)) as handle:
-                    yield handle
-            except ObjectLocked:
-                raise RangeInvalid("another request is writing to this upload "
-                                   "concurrently") from None
+            async with contextlib.AsyncExitStack() as stack:
+                delay, waited = 0.005, 0.0
+                while True:
+                    try:
+                        handle = await stack.enter_async_context(storage.open_append(key))
+                        break
+                    except ObjectLocked:
+                        if waited >= LOCK_WAIT_SECONDS:
+                            raise RangeInvalid("another request is writing to this upload "
+                                               "concurrently") from None
+                    await asyncio.sleep(delay)
+                    waited += delay
+                    delay = min(delay * 2, 0.1)
+                yield handle
 
     async def _recheck(self, repository: str, upload_id: str, expected: int,
                        handle: AppendHandle) -> int:

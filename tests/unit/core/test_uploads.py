@@ -19,6 +19,7 @@ from sqlalchemy import delete, insert, select
 
 from dtr.app import build_registry, close_registry
 from dtr.config import Settings
+from dtr.core import uploads as uploads_module
 from dtr.core.blobs import blob_key
 from dtr.core.reference import digest_of
 from dtr.core.registry import Registry
@@ -476,9 +477,33 @@ async def test_too_large_body_is_cut_off(any_scheme: Registry) -> None:
         == str(digest_of(data))
 
 
-async def test_concurrent_append_is_refused(registry: Registry) -> None:
-    """While one PATCH streams, another one on the same upload gets 416 at once and
-    writes nothing; the first one completes."""
+async def test_append_waits_for_a_lock_released_shortly(registry: Registry) -> None:
+    """A request whose client went away may hold the upload file a moment longer while it
+    cuts its bytes back: the next PATCH waits for it instead of failing."""
+    up = await registry.uploads.start("inplace/wait")
+    storage = registry.uploads.store.storage
+    assert isinstance(storage, AppendableDriver)
+    held, done = anyio.Event(), anyio.Event()
+
+    async def holder() -> None:
+        async with storage.open_append(paths.upload_data_key(up.id)):
+            held.set()
+            await anyio.sleep(0.2)
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await held.wait()
+        state = await registry.uploads.append("inplace/wait", up.id, _chunks(b"after"), (0, 4))
+        assert done.is_set()
+    assert state.size == 5
+
+
+async def test_concurrent_append_is_refused(registry: Registry,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one PATCH streams, another one on the same upload gets 416 (after the short
+    wait for the lock) and writes nothing; the first one completes."""
+    monkeypatch.setattr(uploads_module, "LOCK_WAIT_SECONDS", 0.05)
     up = await registry.uploads.start("inplace/race")
     first = _body(2 * MIB, 4)
     streaming, release = anyio.Event(), anyio.Event()
