@@ -64,7 +64,10 @@ _PARTS_IN_FLIGHT = 2
 #: Server-side part copies one compose keeps running.
 _COPIES_IN_FLIGHT = 4
 #: Most bytes one worker-thread read of a GET body gathers before handing them over.
-_READ_BATCH = 2 * CHUNK
+#: Measured on 512 MiB pulls from MinIO: 4 MiB gave 855-1007 MB/s at 0.71-0.83 ms/MB of
+#: server CPU, 2 MiB 799-885 MB/s at 0.81-0.89, 8 MiB 600-657 MB/s at 1.3-1.4 (batches
+#: that outgrow the CPU caches). A pull holds at most two batches.
+_READ_BATCH = 4 * CHUNK
 #: The part size doubles every this many parts, so S3's 10 000-part cap is never reached.
 _PARTS_PER_SIZE = 1000
 _MISSING = frozenset({"NoSuchKey", "NoSuchBucket"})
