@@ -8,10 +8,16 @@ the matcher is parsed once per snapshot (pycasbin re-parses it with ``ast`` on e
 ``enforce_ex``), and each ``globMatch`` pattern is compiled once per engine (pycasbin
 expands and compiles it on every call), so a decision on a repository never seen before
 (every new repository's first token) costs a walk of the parsed matcher, not a parse.
+And when the model's matcher uses the object only in a top-level
+``globMatch(r.obj, p.obj)`` conjunct (as ``policies/model.conf`` does), Casbin's decision
+depends on the repository only through *which* rules' globs it matches: decisions are then
+also cached by that set of rules, so a new repository that matches the same grants as one
+already decided (``acme/app-2`` after ``acme/app-1``) costs a few compiled glob matches.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import csv
@@ -173,6 +179,10 @@ class _Snapshot:
         for dom in self._domains:  # build each domain's role map now, off the event loop
             members.has_link(_NO_DOMAIN, _NO_DOMAIN, dom)
         self._lock = threading.Lock()
+        self._glob = glob
+        self._by_match: dict[tuple[str, str, tuple[int, ...], str], bool] | None = (
+            {} if _object_only_in_glob(self._enforcer.model) else None)
+        self._by_match_size = cache_size
         self.allowed = functools.lru_cache(maxsize=cache_size)(self._allowed)
 
     def _candidates(self, subject: str, domain: str) -> list[list[str]]:
@@ -181,6 +191,10 @@ class _Snapshot:
         what ``g(r.sub, p.sub, r.dom) || p.sub == "anonymous"`` admits, so Casbin still
         decides; it only skips rules that cannot match.
         """
+        return [p for _, p in self._indexed_candidates(subject, domain)]
+
+    def _indexed_candidates(self, subject: str, domain: str) -> list[tuple[int, list[str]]]:
+        """:meth:`_candidates` with each rule's position in the policy."""
         subjects = {subject, ANONYMOUS}
         queue = [subject]
         while queue:
@@ -190,11 +204,17 @@ class _Snapshot:
                     queue.append(team)
         found = [hit for dom in {domain, SYSTEM} for sub in subjects
                  for hit in self._index.get((dom, sub), ())]
-        return [p for _, p in sorted(found, key=lambda hit: hit[0])]
+        return sorted(found, key=lambda hit: hit[0])
 
     def enforce(self, subject: str, domain: str, obj: str, action: str) -> tuple[bool, Rule]:
         """Casbin's ``enforce_ex`` over the rules that could match."""
-        rules = self._candidates(subject, domain)
+        return self._enforce(subject, domain, obj, action, self._candidates(subject, domain))
+
+    def _enforce(self, subject: str, domain: str, obj: str, action: str,
+                 rules: list[list[str]]) -> tuple[bool, Rule]:
+        """Casbin's ``enforce_ex`` with only ``rules`` loaded (a superset of those that
+        can match).
+        """
         if not rules:
             return False, ()
         dom = domain if domain in self._domains else _NO_DOMAIN
@@ -207,7 +227,23 @@ class _Snapshot:
         return bool(ok), tuple(rule)
 
     def _allowed(self, subject: str, domain: str, obj: str, action: str) -> bool:
-        return action in ALL_ACTIONS and self.enforce(subject, domain, obj, action)[0]
+        if action not in ALL_ACTIONS:
+            return False
+        if self._by_match is None:
+            return self.enforce(subject, domain, obj, action)[0]
+        # Only the rules whose glob matches ``obj`` can match (the matcher is a conjunction
+        # with ``globMatch(r.obj, p.obj)``, and uses the object nowhere else), so Casbin's
+        # answer is the same for every object matching the same rules.
+        hits = [(i, p) for i, p in self._indexed_candidates(subject, domain)
+                if self._glob(obj, p[2])]
+        key = (subject, domain, tuple(i for i, _ in hits), action)
+        known = self._by_match.get(key)
+        if known is None:
+            known = self._enforce(subject, domain, obj, action, [p for _, p in hits])[0]
+            if len(self._by_match) >= self._by_match_size:
+                self._by_match.clear()
+            self._by_match[key] = known
+        return known
 
     def subject_path(self, subject: str, target: str, domain: str) -> list[str]:
         """``subject`` → … → ``target`` through team membership in ``domain``."""
@@ -220,6 +256,35 @@ class _Snapshot:
     def action_path(self, action: str, target: str) -> list[str]:
         """``target`` (a role or the action) → … → ``action`` through role definitions."""
         return list(reversed(_bfs(action, target, lambda a: self._parents.get(a, ()))))
+
+
+def _object_only_in_glob(model: Model) -> bool:
+    """True if the matcher is a conjunction with a ``globMatch(r.obj, p.obj)`` term and
+    mentions ``r.obj`` nowhere else: then a decision depends on the object only through
+    which rules' globs match it. Any other shape (or a matcher that does not parse) is
+    False, and every uncached decision goes to Casbin with all candidate rules.
+    """
+    try:
+        text = model.model["m"]["m"].value
+        # pycasbin's own rewrite to Python (``CoreEnforcer._get_expression``)
+        text = re.sub(r"!(?!=)", "not ", text.replace("&&", "and").replace("||", "or"))
+        tree = ast.parse(text, mode="eval").body
+    except (KeyError, AttributeError, SyntaxError):
+        return False
+    if not (isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And)):
+        return False
+
+    def is_glob_term(node: ast.expr) -> bool:
+        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "globMatch" and not node.keywords
+                and [ast.unparse(a) for a in node.args] == ["r_obj", "p_obj"])
+
+    def mentions_object(node: ast.expr) -> bool:
+        return any(isinstance(n, ast.Name) and n.id == "r_obj" for n in ast.walk(node))
+
+    globs = [v for v in tree.values if is_glob_term(v)]
+    others = [v for v in tree.values if not is_glob_term(v)]
+    return len(globs) >= 1 and not any(mentions_object(v) for v in others)
 
 
 def _bfs(start: str, goal: str, nxt: Any) -> list[str]:
