@@ -64,10 +64,10 @@ _PARTS_IN_FLIGHT = 2
 #: Server-side part copies one compose keeps running.
 _COPIES_IN_FLIGHT = 4
 #: Most bytes one worker-thread read of a GET body gathers before handing them over.
-#: Measured on 512 MiB pulls from MinIO: 4 MiB gave 855-1007 MB/s at 0.71-0.83 ms/MB of
-#: server CPU, 2 MiB 799-885 MB/s at 0.81-0.89, 8 MiB 600-657 MB/s at 1.3-1.4 (batches
-#: that outgrow the CPU caches). A pull holds at most two batches.
-_READ_BATCH = 4 * CHUNK
+#: 4 MiB read 855-1007 against 799-885 MB/s on 512 MiB pulls from MinIO (8 MiB: 600-657),
+#: but the worker's RSS then grew with the blob (+63 MiB at 64 MiB, +119 MiB at 512 MiB,
+#: full benchmark run): 2 MiB keeps it flat.
+_READ_BATCH = 2 * CHUNK
 #: The part size doubles every this many parts, so S3's 10 000-part cap is never reached.
 _PARTS_PER_SIZE = 1000
 _MISSING = frozenset({"NoSuchKey", "NoSuchBucket"})
