@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
@@ -86,6 +87,24 @@ def _sql(stmt: ClauseElement, dialect: Dialect) -> str:
     """The statement as SQL text in the dialect's positional parameter style."""
     compiled = stmt.compile(dialect=dialect)
     return str(compiled)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The pull-path statements as SQL text for one dialect, compiled once."""
+
+    by_tag: str
+    by_digest: str
+    blob: str
+    upload_size: str
+    upload_parts: str
+    policy_version: str
+
+    @classmethod
+    def of(cls, dialect: Dialect) -> _Statements:
+        return cls(_sql(_manifest_by_tag(), dialect), _sql(_manifest_by_digest(), dialect),
+                   _sql(_blob_size(), dialect), _sql(_upload_size(), dialect),
+                   _sql(_upload_parts(), dialect), _sql(_policy_version(), dialect))
 
 
 class FastReads(Protocol):
@@ -175,13 +194,7 @@ class SqliteReads:
     def __init__(self, path: str) -> None:
         self.path = path
         self._sqlite = ReadOnlySqlite(path)
-        d = sqlite.dialect(paramstyle="qmark")
-        self._by_tag = _sql(_manifest_by_tag(), d)
-        self._by_digest = _sql(_manifest_by_digest(), d)
-        self._blob = _sql(_blob_size(), d)
-        self._upload_size = _sql(_upload_size(), d)
-        self._upload_parts = _sql(_upload_parts(), d)
-        self._policy_version = _sql(_policy_version(), d)
+        self._q = _Statements.of(sqlite.dialect(paramstyle="qmark"))
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self._sqlite.one(sql, params)
@@ -192,27 +205,27 @@ class SqliteReads:
     async def manifest(self, repository: str, reference: str,
                        by_digest: bool) -> ManifestRow | None:
         """See :class:`FastReads`."""
-        row = self._one(self._by_digest if by_digest else self._by_tag,
+        row = self._one(self._q.by_digest if by_digest else self._q.by_tag,
                         (repository, reference))
         return (row[0], row[1], bytes(row[2])) if row else None
 
     async def blob_size(self, repository: str, digest: str) -> int | None:
         """See :class:`FastReads`."""
-        row = self._one(self._blob, (repository, digest, "present"))
+        row = self._one(self._q.blob, (repository, digest, "present"))
         return int(row[0]) if row else None
 
     async def upload_size(self, repository: str, upload_id: str) -> int | None:
         """See :class:`FastReads`."""
-        row = self._one(self._upload_size, (repository, upload_id))
+        row = self._one(self._q.upload_size, (repository, upload_id))
         return int(row[0]) if row else None
 
     async def upload_parts(self, repository: str, upload_id: str) -> UploadParts | None:
         """See :class:`FastReads`."""
-        return _parts(self._all(self._upload_parts, (repository, upload_id)))
+        return _parts(self._all(self._q.upload_parts, (repository, upload_id)))
 
     async def policy_version(self) -> int:
         """See :class:`FastReads`."""
-        row = self._one(self._policy_version, (1,))
+        row = self._one(self._q.policy_version, (1,))
         return int(row[0]) if row else -1
 
     async def close(self) -> None:
@@ -227,13 +240,8 @@ class PostgresReads:
         self.dsn, self.size = dsn, size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        d = postgresql.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-        self._by_tag = _sql(_manifest_by_tag(), d)
-        self._by_digest = _sql(_manifest_by_digest(), d)
-        self._blob = _sql(_blob_size(), d)
-        self._upload_size = _sql(_upload_size(), d)
-        self._upload_parts = _sql(_upload_parts(), d)
-        self._policy_version = _sql(_policy_version(), d)
+        self._q = _Statements.of(
+            postgresql.dialect(paramstyle="numeric_dollar"))  # type: ignore[no-untyped-call]
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -263,27 +271,27 @@ class PostgresReads:
     async def manifest(self, repository: str, reference: str,
                        by_digest: bool) -> ManifestRow | None:
         """See :class:`FastReads`."""
-        row = await self._one(self._by_digest if by_digest else self._by_tag,
+        row = await self._one(self._q.by_digest if by_digest else self._q.by_tag,
                               repository, reference)
         return (row[0], row[1], bytes(row[2])) if row else None
 
     async def blob_size(self, repository: str, digest: str) -> int | None:
         """See :class:`FastReads`."""
-        row = await self._one(self._blob, repository, digest, "present")
+        row = await self._one(self._q.blob, repository, digest, "present")
         return int(row[0]) if row else None
 
     async def upload_size(self, repository: str, upload_id: str) -> int | None:
         """See :class:`FastReads`."""
-        row = await self._one(self._upload_size, repository, upload_id)
+        row = await self._one(self._q.upload_size, repository, upload_id)
         return int(row[0]) if row else None
 
     async def upload_parts(self, repository: str, upload_id: str) -> UploadParts | None:
         """See :class:`FastReads`."""
-        return _parts(await self._all(self._upload_parts, repository, upload_id))
+        return _parts(await self._all(self._q.upload_parts, repository, upload_id))
 
     async def policy_version(self) -> int:
         """See :class:`FastReads`."""
-        row = await self._one(self._policy_version, 1)
+        row = await self._one(self._q.policy_version, 1)
         return int(row[0]) if row else -1
 
     async def close(self) -> None:

@@ -67,6 +67,15 @@ ChunkObserver = Callable[[bytes], None]
 """Called with every chunk written, in order, in a worker thread (e.g. ``hasher.update``)."""
 
 
+def observe_each(observer: ChunkObserver | None, pieces: list[bytes]) -> None:
+    """Feed ``pieces`` to ``observer`` in order (nothing when there is no observer); the
+    drivers call it in their I/O threads, one batch at a time.
+    """
+    if observer is not None:
+        for piece in pieces:
+            observer(piece)
+
+
 @runtime_checkable
 class StorageDriver(Protocol):
     """Object storage for blobs and in-progress uploads.

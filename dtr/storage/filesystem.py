@@ -54,6 +54,7 @@ from dtr.storage.base import (
     StorageError,
     WriteAborted,
     check_path,
+    observe_each,
 )
 
 T = TypeVar("T")
@@ -183,12 +184,6 @@ def _lock_file(full: Path, path: str) -> int:
     raise ObjectLocked(path)
 
 
-def _observe(observer: ChunkObserver | None, pieces: list[bytes]) -> None:
-    if observer is not None:
-        for piece in pieces:
-            observer(piece)
-
-
 def _write_batch(fd: int, at: int, kicked: int, pieces: list[bytes],
                  observer: ChunkObserver | None,
                  kick: Callable[[int, int, int], None] | None) -> tuple[int, int]:
@@ -197,7 +192,7 @@ def _write_batch(fd: int, at: int, kicked: int, pieces: list[bytes],
     (``kick``) once :data:`_KICK` bytes past ``kicked`` are written. Returns the new write
     position and ``kicked``.
     """
-    _observe(observer, pieces)
+    observe_each(observer, pieces)
     end = _pwrite_all(fd, pieces, at)
     if kick is not None and end - kicked >= _KICK:
         kick(fd, kicked, end - kicked)

@@ -52,6 +52,7 @@ from dtr.storage.base import (
     StorageError,
     WriteAborted,
     check_path,
+    observe_each,
 )
 
 T = TypeVar("T")
@@ -214,7 +215,7 @@ class S3Driver:
                         if batch_bytes >= CHUNK:
                             if observing is not None:
                                 await observing
-                            observing = self._submit(path, _observe, observer, batch)
+                            observing = self._submit(path, observe_each, observer, batch)
                             batch, batch_bytes = [], 0
                     if upload.take(chunk):
                         await upload.send()
@@ -226,7 +227,7 @@ class S3Driver:
                 await observing
                 observing = None
             if observer is not None and batch:
-                await self._run(path, _observe, observer, batch)
+                await self._run(path, observe_each, observer, batch)
             await upload.finish()
         except BaseException:
             if observing is not None:
@@ -409,11 +410,6 @@ class S3Driver:
         """Shut the thread pool down and drop pooled connections."""
         self._pool.shutdown(wait=False)
         self._http.clear()
-
-
-def _observe(observer: ChunkObserver, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        observer(chunk)
 
 
 async def _empty() -> AsyncIterator[bytes]:
