@@ -39,8 +39,9 @@ import contextlib
 import hashlib
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
@@ -59,6 +60,8 @@ from dtr.errors import (
 )
 from dtr.storage import paths
 from dtr.storage.base import AppendableDriver, AppendHandle, ObjectLocked, PathNotFound
+
+T = TypeVar("T")
 
 LOCK_WAIT_SECONDS = 2.0
 """How long a request waits for an upload file another request holds before a 416."""
@@ -290,8 +293,9 @@ class UploadService:
         """Under the lock: append the final body, verify, make the file the blob.
 
         The body is verified before the upload advances; then one transaction advances
-        the upload and claims the blob row, and ``BlobService.commit`` moves the file to
-        the blob key while the lock is still held.
+        the upload and claims the blob row while the file is made durable (both are
+        waits: on the database and on the disk), and ``BlobService.commit`` moves the file
+        to the blob key while the lock is still held.
         """
         held = await self._recheck(repository, upload_id, expected, handle)
         key = paths.upload_data_key(upload_id)
@@ -311,9 +315,10 @@ class UploadService:
                 await handle.truncate(size)
         await self._verify(repository, upload_id, want, hasher)
         if size > expected:
-            advanced, claimed = await self.store.run(
-                lambda s: _advance_and_claim(s, upload_id, expected, size - expected, key,
-                                             str(want)))
+            advanced, claimed = await _beside(
+                self.store.run(lambda s: _advance_and_claim(s, upload_id, expected,
+                                                            size - expected, key, str(want))),
+                _sync(handle))
             if not advanced:
                 await self._cut(handle, expected)
                 raise RangeInvalid("another request appended to this upload concurrently")
@@ -507,6 +512,22 @@ class UploadService:
         self._hashes.drop(upload_id)
         with storage_guard():
             await self.store.storage.delete_prefix(paths.upload_prefix(upload_id))
+
+
+async def _sync(handle: AppendHandle) -> None:
+    with storage_guard():
+        await handle.sync()
+
+
+async def _beside(first: Awaitable[T], second: Awaitable[None]) -> T:
+    """Await both at once; return ``first``'s result. Both have finished when this
+    returns or raises (the first error wins, ``first``'s before ``second``'s).
+    """
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast("T", results[0])
 
 
 def _expected_length(offset: int, content_range: tuple[int, int] | None,

@@ -232,6 +232,16 @@ class AppendHandle(Protocol):
         """
         ...
 
+    async def sync(self) -> None:
+        """Make the bytes written so far durable, as :meth:`StorageDriver.move` of the
+        object would; a later ``move`` then has less (or nothing) of that work left.
+
+        Optional to call: it lets a caller overlap that wait with other work (it may run
+        while the caller awaits something else, but not beside another handle method).
+        A no-op where writes are durable once acknowledged.
+        """
+        ...
+
 
 @runtime_checkable
 class AppendableDriver(Protocol):

@@ -225,9 +225,10 @@ async def _pump(chunks: AsyncIterable[bytes],
                 ) -> tuple[int, list[bytes]]:
     """Receive ``chunks`` and ``send`` them to a worker thread in batches of about
     :data:`_BATCH` bytes, one batch in flight while the next is received; runs of pieces
-    under :data:`_SMALL` bytes are joined. Returns the byte count and the last batch (not
-    sent: the caller sends it with whatever ends the write). On error, the batch in
-    flight has finished before this raises.
+    under :data:`_SMALL` bytes are joined. A full batch is sent only once another chunk
+    arrives, so the last batch is never sent: it is returned with the byte count, for the
+    caller to send with whatever ends the write (one hand-off fewer for a body of one
+    batch). On error, the batch in flight has finished before this raises.
 
     Raises:
         WriteAborted: the source failed (the original error is the cause).
@@ -235,6 +236,7 @@ async def _pump(chunks: AsyncIterable[bytes],
     total = size = small_size = 0
     batch: list[bytes] = []
     small: list[bytes] = []
+    full: list[bytes] | None = None  # a full batch, sent when more data follows it
     pending: concurrent.futures.Future[None] | None = None
     source = aiter(chunks)
     try:
@@ -250,6 +252,11 @@ async def _pump(chunks: AsyncIterable[bytes],
             n = len(chunk)
             if not n:
                 continue
+            if full is not None:
+                if pending is not None:
+                    await wait(pending)
+                pending = send(full)
+                full = None
             total += n
             size += n
             if n < _SMALL:
@@ -263,10 +270,9 @@ async def _pump(chunks: AsyncIterable[bytes],
             if n >= _SMALL:
                 batch.append(chunk)
             if size >= _BATCH:
-                if pending is not None:
-                    await wait(pending)
-                pending = send(batch)
-                batch, size = [], 0
+                full, batch, size = batch, [], 0
+        if full is not None:  # the body ended with a full batch (nothing came after it)
+            batch = full
         if small:
             batch.append(small[0] if len(small) == 1 else b"".join(small))
         if pending is not None:
@@ -390,8 +396,9 @@ class _FileHandle:
     close cannot overtake a write a cancelled task left in flight.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, fd: int, path: str) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, fd: int, path: str, durable: bool) -> None:
         self._pool = pool
+        self._durable = durable
         self._fd = fd
         self._path = path
         self._tail: concurrent.futures.Future[Any] | None = None
@@ -434,6 +441,11 @@ class _FileHandle:
     async def truncate(self, size: int) -> None:
         """See :meth:`AppendHandle.truncate`."""
         await self._call(self._cut, size, True)
+
+    async def sync(self) -> None:
+        """See :meth:`AppendHandle.sync`: ``fsync`` (when the driver is durable)."""
+        if self._durable:
+            await self._call(os.fsync, self._fd)
 
     async def write_at(self, offset: int, chunks: AsyncIterable[bytes],
                        observer: ChunkObserver | None = None) -> int:
@@ -655,7 +667,7 @@ class FilesystemDriver:
             fd = await self._run(_lock_file, full, path)
         except PathNotFound:
             raise PathNotFound(path) from None
-        handle = _FileHandle(self._pool, fd, path)
+        handle = _FileHandle(self._pool, fd, path, self.fsync)
         try:
             yield handle
         finally:

@@ -176,6 +176,10 @@ class _MemoryHandle:
             raise ValueError(f"cannot truncate {self._path} ({len(data)} bytes) to {size}")
         self._set(data[:size])
 
+    async def sync(self) -> None:
+        """See :meth:`AppendHandle.sync`: memory has nothing to make durable."""
+        self._data()  # the object must still exist
+
     async def write_at(self, offset: int, chunks: AsyncIterable[bytes],
                        observer: ChunkObserver | None = None) -> int:
         """See :meth:`AppendHandle.write_at`. The bytes appear when the call returns."""

@@ -512,6 +512,53 @@ async def test_write_at_appends_in_place(appendable: AppendableDriver) -> None:
         assert await h.size() == len(first) + len(second)
 
 
+@pytest.mark.parametrize("size", [MIB, 2 * MIB, 2 * MIB + 1])
+@pytest.mark.parametrize("piece", [64 * 1024, MIB])
+async def test_write_at_bodies_ending_on_a_batch_boundary(appendable: AppendableDriver,
+                                                         size: int, piece: int) -> None:
+    drv = as_driver(appendable)
+    data = blob(size, 3)
+    seen: list[bytes] = []
+    async with appendable.open_append("up/data") as h:
+        assert await h.write_at(0, chunked(data, piece), seen.append) == size
+        assert await h.size() == size
+    assert b"".join(seen) == data
+    assert await read_all(drv, "up/data") == data
+
+
+async def test_sync_keeps_the_bytes(appendable: AppendableDriver) -> None:
+    drv = as_driver(appendable)
+    data = blob(MIB + 3, 4)
+    async with appendable.open_append("up/data") as h:
+        await h.sync()  # nothing written yet
+        await h.write_at(0, chunked(data))
+        await h.sync()
+        assert await h.size() == len(data)
+    await drv.move("up/data", "blobs/x")
+    assert await read_all(drv, "blobs/x") == data
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_filesystem_sync_fsyncs_only_when_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    drv = FilesystemDriver(tmp_path / "root", fsync=durable)
+    synced: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    try:
+        async with drv.open_append("up/data") as h:
+            await h.write_at(0, chunked(b"abc"))
+            await h.sync()
+        assert len(synced) == (1 if durable else 0)
+    finally:
+        await drv.close()
+
+
 async def test_write_at_overwrites_and_keeps_what_follows(appendable: AppendableDriver) -> None:
     drv = as_driver(appendable)
     async with appendable.open_append("up/data") as h:
