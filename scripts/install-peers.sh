@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install the real programs dtr's tests run against (shared/reference/test-peers.md).
 # Go peers go to ~/.cache/dtr/peers/<tool>-<version>/ (outside the checkout, kept between
-# CI runs); Debian peers through apt. Idempotent: a peer already installed is skipped.
+# CI runs); Debian peers through apt; the npm peer (oidc-provider, pinned with its lockfile in
+# tests/support/oidc/) to ~/.cache/dtr/peers/oidc-provider-<version>/node_modules.
+# Idempotent: a peer already installed is skipped.
 # Usage: scripts/install-peers.sh [peer ...]   (no argument = every peer)
 set -euo pipefail
 
 PEERS_DIR="${DTR_PEERS_DIR:-$HOME/.cache/dtr/peers}"
 mkdir -p "$PEERS_DIR"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 # name | binary | go package@version | extra go flags
 GO_PEERS=(
@@ -54,3 +57,22 @@ for row in "${GO_PEERS[@]}"; do
   rm -rf "$dir"; mv "$dir.tmp" "$dir"
   echo "peers: $name ready in $(( $(date +%s) - start ))s"
 done
+
+if want oidc-provider; then
+  # npm peer: the exact versions of tests/support/oidc/package-lock.json, installed with
+  # `npm ci` into a folder named after the pinned version. A changed lockfile reinstalls.
+  src="$ROOT/tests/support/oidc"
+  command -v node >/dev/null 2>&1 || { echo "peers: oidc-provider needs Node.js 20+ and npm" >&2; exit 1; }
+  version="$(node -p "require(process.argv[1]).dependencies['oidc-provider']" "$src/package.json")"
+  dir="$PEERS_DIR/oidc-provider-$version"
+  if ! { [ -f "$dir/node_modules/oidc-provider/package.json" ] \
+         && cmp -s "$src/package-lock.json" "$dir/package-lock.json"; }; then
+    echo "peers: npm ci oidc-provider@$version"
+    start=$(date +%s)
+    rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+    cp "$src/package.json" "$src/package-lock.json" "$dir.tmp/"
+    (cd "$dir.tmp" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error)
+    rm -rf "$dir"; mv "$dir.tmp" "$dir"
+    echo "peers: oidc-provider ready in $(( $(date +%s) - start ))s"
+  fi
+fi
