@@ -252,11 +252,8 @@ async def _pump(chunks: AsyncIterable[bytes],
             n = len(chunk)
             if not n:
                 continue
-            if full is not None:
-                if pending is not None:
-                    await wait(pending)
-                pending = send(full)
-                full = None
+            if full is not None:  # more data follows the full batch: send it now
+                pending, full = await _hand_off(full, pending, send, wait), None
             total += n
             size += n
             if n < _SMALL:
@@ -283,6 +280,16 @@ async def _pump(chunks: AsyncIterable[bytes],
                 await asyncio.shield(asyncio.wrap_future(pending))
         raise
     return total, batch
+
+
+async def _hand_off(batch: list[bytes], pending: concurrent.futures.Future[None] | None,
+                    send: Callable[[list[bytes]], concurrent.futures.Future[None]],
+                    wait: Callable[[concurrent.futures.Future[None]], Awaitable[None]],
+                    ) -> concurrent.futures.Future[None]:
+    """Wait for the batch in flight (if any), then send ``batch``; return its future."""
+    if pending is not None:
+        await wait(pending)
+    return send(batch)
 
 
 async def _errors(fut: concurrent.futures.Future[T], path: str, *, shield: bool = False) -> T:
