@@ -26,6 +26,7 @@ from dtr.api.token import build_token_routes
 from dtr.auth import accounts
 from dtr.auth.accounts import AccountService
 from dtr.auth.credentials import CredentialVerifier
+from dtr.auth.oidc import Providers
 from dtr.auth.ratelimit import LoginLimiter
 from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
 from dtr.config import Settings, load_settings
@@ -36,6 +37,7 @@ from dtr.db.database import Database
 from dtr.db.engine import current_revision
 from dtr.db.migrate import head_revision
 from dtr.db.reads import FastReads, make_fast_reads
+from dtr.events import LogSecurityEvents
 from dtr.policy import admin as policy_admin
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
@@ -132,7 +134,10 @@ def build_security(settings: Settings, db: Database,
                             version_reader=reads.policy_version if reads else None),
         policy_admin=PolicyAdmin(db), keys=keys,
         issuer=TokenIssuer(keys, a.token.issuer, a.token.lifetime_seconds),
-        verifier=TokenVerifier(keys, a.token.issuer), trusted_proxies=proxies)
+        verifier=TokenVerifier(keys, a.token.issuer), trusted_proxies=proxies,
+        events=LogSecurityEvents(),
+        providers=Providers(allow_http=a.oidc.allow_http, ca_file=a.oidc.ca_file,
+                            clock_skew=a.oidc.clock_skew_seconds))
 
 
 async def bootstrap_admin(security: Security, password: str | None) -> str | None:
@@ -182,6 +187,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
 
     async def shutdown() -> None:
         await security.policy.close()
+        await security.providers.aclose()
         await close_registry(registry)
 
     handlers: list[ControllerRouterHandler] = [*build_routes(ctx, settings.registry.max_blob_bytes),

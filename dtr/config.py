@@ -149,6 +149,66 @@ class TokenSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Lifetime of refresh tokens (``offline_token=true``, ``access_type=offline``)."""
 
 
+class OIDCSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Single sign-on for people with an OpenID Provider (authorization code + PKCE)."""
+
+    enabled: bool = False
+    """Offer OIDC login (``/api/v1/auth/oidc/login``)."""
+    issuer: str = ""
+    """The provider's issuer URL exactly as its ID tokens carry it
+    (``https://keycloak.example/realms/acme``); discovery is read from
+    ``<issuer>/.well-known/openid-configuration``."""
+    client_id: str = ""
+    """dtr's client id at the provider (the ID tokens' audience)."""
+    client_secret: str = ""
+    """The client secret; empty = a public client (PKCE only)."""
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "profile", "email"])
+    """Scopes requested at login (``openid`` is always sent); add the scope that releases
+    the groups claim where the provider needs one (``groups``)."""
+    redirect_url: str = ""
+    """The callback URL registered at the provider. Empty =
+    ``<server.public_url>/api/v1/auth/oidc/callback`` (or the request's own origin)."""
+    username_claim: str = "preferred_username"
+    """Claim naming the dtr user (lower-cased; must be a valid user name)."""
+    email_claim: str = "email"
+    """Claim holding the e-mail address."""
+    groups_claim: str = "groups"
+    """Claim holding the list of groups (team sync, admin and auditor groups)."""
+    admin_group: str = ""
+    """Members of this provider group are system administrators (re-checked at every
+    login). Empty = none."""
+    auditor_group: str = ""
+    """Members of this provider group get the auditor role. Empty = none."""
+    auto_onboard: bool = True
+    """Create the dtr user at its first login; ``false`` = an admin creates users first
+    (``dtr user create NAME --oidc``) and others are refused."""
+    local_login: bool = True
+    """Local passwords keep working beside OIDC. ``false`` = only the bootstrap admin
+    and robots sign in without the provider."""
+    session_hours: int = 8
+    """Lifetime of the dtr session an OIDC login returns (used to mint personal access
+    tokens); independent of the provider's own session."""
+    clock_skew_seconds: int = 60
+    """Tolerance for ``exp``, ``nbf`` and ``iat`` of provider tokens."""
+    ca_file: str = ""
+    """PEM bundle to trust for the provider's TLS (private CAs); empty = system CAs."""
+    allow_http: bool = False
+    """Accept ``http://`` issuers (login and federation). Only for loopback test setups."""
+
+
+class FederationSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Keyless CI: OIDC ID tokens of CI systems exchanged for registry tokens."""
+
+    enabled: bool = True
+    """Accept federated ID tokens at the token endpoint (trusts are data, managed through
+    ``/api/v1/federation/trusts``)."""
+    username: str = "$oidc"
+    """The reserved user name that marks the password as an ID token
+    (``docker login -u '$oidc' -p "$ID_TOKEN"``)."""
+    max_token_seconds: int = 3600
+    """Ceiling for every trust's ``max_token_seconds`` (at most 3600)."""
+
+
 class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Authentication and authorization."""
 
@@ -174,6 +234,8 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Longest lifetime of a personal access token (days)."""
     robot_default_expiry_days: int = 0
     """Default robot expiry in days when none is given (0 = never)."""
+    oidc: OIDCSettings = msgspec.field(default_factory=OIDCSettings)
+    federation: FederationSettings = msgspec.field(default_factory=FederationSettings)
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -335,7 +397,10 @@ def validate(settings: Settings) -> None:
         value = getattr(s.server, name)
         if value and not Path(value).expanduser().is_file():
             raise ConfigError(f"server.{name}: {value} is not a readable file")
-    a = s.auth
+    _validate_auth(s.auth)
+
+
+def _validate_auth(a: AuthSettings) -> None:
     if a.token.lifetime_seconds < 60:
         raise ConfigError("auth.token.lifetime_seconds: clients assume at least 60")
     if a.token.refresh_lifetime_days < 1:
@@ -351,3 +416,29 @@ def validate(settings: Settings) -> None:
         raise ConfigError("auth.token_max_days: must be at least 1")
     if not _USERNAME.fullmatch(a.admin_username):
         raise ConfigError("auth.admin_username: use lowercase letters, digits, . _ -")
+    _validate_oidc(a.oidc)
+    if not 60 <= a.federation.max_token_seconds <= 3600:
+        raise ConfigError("auth.federation.max_token_seconds: must be in [60, 3600]")
+    if not a.federation.username or _USERNAME.fullmatch(a.federation.username):
+        raise ConfigError("auth.federation.username: must not be a possible user name "
+                          "(start it with $)")
+
+
+def _validate_oidc(o: OIDCSettings) -> None:
+    if not o.enabled:
+        return
+    if not o.issuer or not o.client_id:
+        raise ConfigError("auth.oidc.issuer and auth.oidc.client_id are required when "
+                          "auth.oidc.enabled is true")
+    scheme = o.issuer.partition("://")[0]
+    if scheme != "https" and not (scheme == "http" and o.allow_http):
+        raise ConfigError("auth.oidc.issuer: must be an https:// URL (http:// only with "
+                          "auth.oidc.allow_http for loopback tests)")
+    if o.redirect_url and not o.redirect_url.startswith(("https://", "http://")):
+        raise ConfigError("auth.oidc.redirect_url: must be an absolute http(s) URL")
+    if not 1 <= o.session_hours <= 24 * 30:
+        raise ConfigError("auth.oidc.session_hours: must be in [1, 720]")
+    if not 0 <= o.clock_skew_seconds <= 300:
+        raise ConfigError("auth.oidc.clock_skew_seconds: must be in [0, 300]")
+    if o.ca_file and not Path(o.ca_file).expanduser().is_file():
+        raise ConfigError(f"auth.oidc.ca_file: {o.ca_file} is not a readable file")

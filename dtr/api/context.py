@@ -9,18 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request
 
 from dtr.auth.accounts import AccountService
 from dtr.auth.credentials import CredentialVerifier
+from dtr.auth.oidc import Providers
 from dtr.auth.principal import ANONYMOUS, Principal
 from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
 from dtr.config import AuthSettings
 from dtr.db.database import Database
 from dtr.errors import InvalidToken, Unauthorized
+from dtr.events import LogSecurityEvents, SecurityEvents
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
 
@@ -42,6 +44,10 @@ class Security:
     issuer: TokenIssuer
     verifier: TokenVerifier
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    events: SecurityEvents = field(default_factory=LogSecurityEvents)
+    """Where security decisions are reported (the audit log's seam)."""
+    providers: Providers = field(default_factory=Providers)
+    """OpenID Providers (OIDC login and keyless CI), one per issuer, cached."""
 
     @property
     def enabled(self) -> bool:

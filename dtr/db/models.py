@@ -187,13 +187,18 @@ class Team(Base):
     org_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(NAME_LEN))
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    idp_group: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    """The OpenID Provider group this team mirrors (team sync): members are then set at
+    each OIDC login from the groups claim. NULL = membership managed in dtr only."""
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_team_org_name"),)
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_team_org_name"),
+                      Index("ix_team_idp_group", "idp_group"))
 
 
 class AccessToken(Base):
-    """A personal access token (``kind='pat'``) or refresh token (``kind='refresh'``).
+    """A personal access token (``kind='pat'``), refresh token (``kind='refresh'``) or
+    OIDC login session (``kind='session'``).
 
     The presented secret is ``<prefix><id>_<random>``; only SHA-256 of the random part is
     stored. ``scopes`` (JSON list, NULL = the account's own rights) narrows what the token
@@ -259,3 +264,53 @@ class LoginFailure(Base):
     key: Mapped[str] = mapped_column(String(320), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OIDCIdentity(Base):
+    """A person's identity at the OpenID Provider (``iss`` + ``sub``) and the dtr user it
+    signs in as. ``groups`` (JSON list) is the groups claim of the last login; the
+    ``*_by_group`` flags record roles granted because of the admin or auditor group, so the
+    next login can take them back when the group is gone (and only then).
+    """
+
+    __tablename__ = "oidc_identity"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(NAME_LEN))
+    subject: Mapped[str] = mapped_column(String(NAME_LEN))
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    email: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    groups: Mapped[str | None] = mapped_column(Text, nullable=True)
+    admin_by_group: Mapped[bool] = mapped_column(Boolean, default=False)
+    auditor_by_group: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_oidc_identity_iss_sub"),
+                      Index("ix_oidc_identity_account", "account_id"))
+
+
+class FederationTrust(Base):
+    """Keyless CI: ID tokens of ``issuer`` for ``audience`` whose claims meet
+    ``conditions`` (JSON list of ``{"claim", "pattern", "match": "exact"|"glob"}``) are
+    exchanged for registry tokens acting as the robot ``robot_id``, for at most
+    ``max_token_seconds`` (<= 3600). ``owns_robot``: the robot was created for this trust's
+    role binding and goes with it.
+    """
+
+    __tablename__ = "federation_trust"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    issuer: Mapped[str] = mapped_column(String(NAME_LEN))
+    audience: Mapped[str] = mapped_column(String(NAME_LEN))
+    conditions: Mapped[str] = mapped_column(Text)
+    robot_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    owns_robot: Mapped[bool] = mapped_column(Boolean, default=False)
+    scopes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    max_token_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_federation_trust_issuer", "issuer"),)
