@@ -11,7 +11,11 @@ PEERS_DIR="${DTR_PEERS_DIR:-$HOME/.cache/dtr/peers}"
 mkdir -p "$PEERS_DIR"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
-# name | binary | go package@version | extra go flags
+# name | binary | go package@version | extra go flags | how
+# how: empty = `go install pkg@version`; "module" = build inside a throwaway module
+# (test-peers.md §1 "plan B"), for modules whose `go install` fails although the pinned
+# version is served: notation's install stops at the deprecation lookup (the module proxy
+# refuses to list github.com/notaryproject/notation's versions).
 GO_PEERS=(
   "minio|minio|github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c|"
   "distribution|registry|github.com/distribution/distribution/v3/cmd/registry@v3.1.1|"
@@ -20,6 +24,8 @@ GO_PEERS=(
   "oras|oras|oras.land/oras/cmd/oras@v1.3.6|"
   "regctl|regctl|github.com/regclient/regclient/cmd/regctl@v0.11.5|"
   "helm|helm|helm.sh/helm/v3/cmd/helm@v3.21.4|"
+  "cosign|cosign|github.com/sigstore/cosign/v3/cmd/cosign@v3.1.2|"
+  "notation|notation|github.com/notaryproject/notation/cmd/notation@v1.3.2||module"
 )
 DEBIAN_PEERS=(skopeo podman)
 
@@ -44,16 +50,25 @@ if want postgresql && ! [ -x /usr/lib/postgresql/15/bin/postgres ]; then
 fi
 
 for row in "${GO_PEERS[@]}"; do
-  IFS='|' read -r name bin pkg flags <<<"$row"
+  IFS='|' read -r name bin pkg flags how <<<"$row"
   want "$name" || continue
   version="${pkg##*@}"
   dir="$PEERS_DIR/$name-$version"
   if [ -x "$dir/$bin" ]; then continue; fi
-  echo "peers: go install $pkg"
+  echo "peers: go ${how:-install} $pkg"
   start=$(date +%s)
   mkdir -p "$dir.tmp"
-  # shellcheck disable=SC2086
-  GOBIN="$dir.tmp" GOFLAGS="-mod=mod" CGO_ENABLED=0 go install ${flags:+"$flags"} "$pkg"
+  if [ "$how" = "module" ]; then
+    mod="${pkg%@*}"; mod="${mod%/cmd/*}"
+    work="$(mktemp -d)"
+    (cd "$work" && go mod init example.invalid/peer >/dev/null 2>&1 \
+      && GOFLAGS="-mod=mod" go get "$mod@$version" \
+      && GOFLAGS="-mod=mod" CGO_ENABLED=0 go build ${flags:+"$flags"} -o "$dir.tmp/$bin" "${pkg%@*}")
+    rm -rf "$work"
+  else
+    # shellcheck disable=SC2086
+    GOBIN="$dir.tmp" GOFLAGS="-mod=mod" CGO_ENABLED=0 go install ${flags:+"$flags"} "$pkg"
+  fi
   rm -rf "$dir"; mv "$dir.tmp" "$dir"
   echo "peers: $name ready in $(( $(date +%s) - start ))s"
 done

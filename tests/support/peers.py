@@ -32,6 +32,8 @@ PINS = {
     "oras": ("oras-v1.3.6", "oras"),
     "regctl": ("regctl-v0.11.5", "regctl"),
     "helm": ("helm-v3.21.4", "helm"),
+    "cosign": ("cosign-v3.1.2", "cosign"),
+    "notation": ("notation-v1.3.2", "notation"),
 }
 
 
