@@ -21,6 +21,7 @@ from dtr.api.context import Security
 from dtr.api.oci.handlers import OciContext
 from dtr.api.oci.router import build_routes
 from dtr.api.oci.security import AccessControl, OpenAccess, TokenAccess
+from dtr.api.oidc import build_oidc_router
 from dtr.api.problems import app_exception_handlers
 from dtr.api.token import build_token_routes
 from dtr.auth import accounts
@@ -28,6 +29,7 @@ from dtr.auth.accounts import AccountService
 from dtr.auth.credentials import CredentialVerifier
 from dtr.auth.oidc import Providers
 from dtr.auth.ratelimit import LoginLimiter
+from dtr.auth.sso import LoginService
 from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
 from dtr.config import Settings, load_settings
 from dtr.core.hooks import Hooks
@@ -129,7 +131,9 @@ def build_security(settings: Settings, db: Database,
     proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies)
     return Security(
         settings=a, db=db, accounts=AccountService(db),
-        credentials=CredentialVerifier(db, limiter),
+        credentials=CredentialVerifier(
+            db, limiter, local_login=a.oidc.local_login or not a.oidc.enabled,
+            bootstrap_admin=a.admin_username),
         policy=PolicyEngine(db, refresh_seconds=a.policy_refresh_seconds,
                             version_reader=reads.policy_version if reads else None),
         policy_admin=PolicyAdmin(db), keys=keys,
@@ -167,6 +171,8 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
     security = build_security(settings, registry.store.db, registry.store.reads)
+    sso = LoginService(settings.auth.oidc, security.db, security.providers, security.keys,
+                       security.events)
     access: AccessControl = (TokenAccess(security, settings.server.public_url)
                              if settings.auth.enabled else OpenAccess())
     ctx = OciContext(registry, access, settings.server.public_url,
@@ -191,12 +197,14 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
         await close_registry(registry)
 
     handlers: list[ControllerRouterHandler] = [*build_routes(ctx, settings.registry.max_blob_bytes),
-                *build_token_routes(security), build_admin_router(security, settings.auth)]
+                *build_token_routes(security), build_admin_router(security, settings.auth),
+                build_oidc_router(security, sso, settings.server.public_url)]
     app = Litestar(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
                    openapi_config=openapi_config(),
                    exception_handlers=app_exception_handlers())
     app.state.registry = registry
     app.state.security = security
+    app.state.sso = sso
     return app
 
 

@@ -1,5 +1,6 @@
 """The admin commands of the ``dtr`` CLI (login, users, orgs, teams, robots, roles, grants,
-tokens, policy explain/check): a thin mirror of ``/api/v1`` through ``dtr.client``.
+tokens, federation trusts, policy explain/check): a thin mirror of ``/api/v1`` through
+``dtr.client``.
 ``dtr/cli.py`` registers ``ADMIN_COMMANDS``; never imports litestar or the server layers
 (``dtr.policy`` only for ``policy check --offline``).
 """
@@ -10,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import webbrowser
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from dtr.client import AdminClient, ApiError
 CONFIG_ENV = "DTR_CLI_CONFIG"
 URL_ENV, TOKEN_ENV = "DTR_CLI_URL", "DTR_CLI_TOKEN"
 PAT_PREFIX = "dtr_pat_"
+SESSION_PREFIX = "dtr_ses_"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -141,25 +144,31 @@ def new_password(stdin: bool) -> str:
 @click.argument("url")
 @click.option("--username", "-u", default=None, help="Account name (prompted if needed).")
 @click.option("--token-stdin", is_flag=True, help="Read an existing personal access token "
-              "from stdin instead of prompting.")
-def login(url: str, username: str | None, token_stdin: bool) -> None:
+              "(or OIDC session token) from stdin instead of prompting.")
+@click.option("--oidc", is_flag=True, help="Sign in with single sign-on: open the login "
+              "page, then paste the session token it shows.")
+def login(url: str, username: str | None, token_stdin: bool, oidc: bool) -> None:
     """Log in to the registry at URL and save a personal access token for the CLI.
 
     With a password, a token named ``dtr-cli@<hostname>`` is minted; the password is
-    never stored.
+    never stored. With ``--oidc`` the session token of a browser login is saved instead
+    (mint personal access tokens with it: ``dtr token create NAME``).
     """
     if "://" not in url:
         local = urlsplit(f"//{url}").hostname in ("localhost", "127.0.0.1", "::1")
         url = f"{'http' if local else 'https'}://{url}"
-    if token_stdin:
+    if oidc:
+        secret = _oidc_session(url, token_stdin)
+    elif token_stdin:
         secret = sys.stdin.readline().strip()
     else:
         username = username or click.prompt("Username", default=os.environ.get("USER"))
         secret = click.prompt("Password or token", hide_input=True)
-    if secret.startswith(PAT_PREFIX) or token_stdin:
+    if secret.startswith((PAT_PREFIX, SESSION_PREFIX)) or token_stdin or oidc:
         with AdminClient(url, token=secret) as client:
             me = client.get("/me")
-        saved = {"url": url, "token": secret, "username": me["name"], "minted": False}
+        saved = {"url": url, "token": secret, "username": me["name"], "minted": False,
+                 "session": secret.startswith(SESSION_PREFIX)}
     else:
         with AdminClient(url, basic=(username or "", secret)) as client:
             made = client.post("/tokens", {"name": f"dtr-cli@{socket.gethostname()}"})
@@ -169,13 +178,38 @@ def login(url: str, username: str | None, token_stdin: bool) -> None:
     click.echo(f"Logged in to {url} as {saved['username']} (token saved in {path})")
 
 
+def _oidc_session(url: str, from_stdin: bool) -> str:
+    """Point the person at the registry's OIDC login page (opening a browser when there
+    is a display) and read the session token it shows.
+    """
+    with AdminClient(url) as client:
+        info = client.get("/auth/oidc")
+    if not info.get("enabled"):
+        raise click.ClickException(f"{url} does not offer OIDC login")
+    login_url = str(info["login_url"])
+    click.echo(f"Sign in at:\n\n  {login_url}\n\nthen paste the session token shown.",
+               err=True)
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        webbrowser.open(login_url)
+    if from_stdin:
+        return sys.stdin.readline().strip()
+    return str(click.prompt("Session token", hide_input=True)).strip()
+
+
 @click.command("logout", cls=ApiCommand)
 def logout() -> None:
-    """Forget the saved login (and revoke the token ``dtr login`` minted)."""
+    """Forget the saved login (and revoke the token ``dtr login`` minted, or the OIDC
+    session it saved).
+    """
     path, cfg = config_path(), load_config()
-    if cfg.get("minted") and cfg.get("token_id"):
+    revoke: Callable[[AdminClient], Any] | None = None
+    if cfg.get("session"):
+        revoke = lambda c: c.post("/auth/logout")  # noqa: E731
+    elif cfg.get("minted") and cfg.get("token_id"):
+        revoke = lambda c: c.delete(f"/tokens/{cfg['token_id']}")  # noqa: E731
+    if revoke is not None:
         try:
-            call(lambda c: c.delete(f"/tokens/{cfg['token_id']}"))
+            call(revoke)
         except ApiError as exc:
             click.echo(f"warning: could not revoke the token: {exc}", err=True)
     path.unlink(missing_ok=True)
@@ -210,10 +244,14 @@ def user_list(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--email", default=None)
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--oidc", is_flag=True, help="A single sign-on user: no password; linked at "
+              "their first OIDC login.")
 @json_option
-def user_create(name: str, email: str | None, password_stdin: bool, as_json: bool) -> None:
-    """Create user NAME (the password is prompted for)."""
-    body = {"name": name, "email": email, "password": new_password(password_stdin)}
+def user_create(name: str, email: str | None, password_stdin: bool, oidc: bool,
+                as_json: bool) -> None:
+    """Create user NAME (the password is prompted for, unless --oidc)."""
+    body: dict[str, Any] = {"name": name, "email": email}
+    body.update({"oidc": True} if oidc else {"password": new_password(password_stdin)})
     emit(call(lambda c: c.post("/users", body)), as_json)
 
 
@@ -318,18 +356,35 @@ def team() -> None:
 def team_list(org_name: str, as_json: bool) -> None:
     """List ORG's teams."""
     emit(call(lambda c: c.get(f"/orgs/{org_name}/teams")), as_json,
-         ("name", "description", "members"))
+         ("name", "description", "idp_group", "members"))
 
 
 @team.command("create")
 @click.argument("org_name", metavar="ORG")
 @click.argument("name")
 @click.option("--description", default=None)
+@click.option("--idp-group", default=None, metavar="GROUP",
+              help="Mirror this identity provider group (members set at each OIDC login).")
 @json_option
-def team_create(org_name: str, name: str, description: str | None, as_json: bool) -> None:
+def team_create(org_name: str, name: str, description: str | None, idp_group: str | None,
+                as_json: bool) -> None:
     """Create team NAME in ORG."""
-    body = {"name": name, "description": description}
+    body = {"name": name, "description": description, "idp_group": idp_group}
     emit(call(lambda c: c.post(f"/orgs/{org_name}/teams", body)), as_json)
+
+
+@team.command("update")
+@click.argument("org_name", metavar="ORG")
+@click.argument("name")
+@click.option("--description", default=None, help='New description ("" clears it).')
+@click.option("--idp-group", default=None, metavar="GROUP",
+              help='Mirror this identity provider group ("" = manage members in dtr).')
+@json_option
+def team_update(org_name: str, name: str, description: str | None, idp_group: str | None,
+                as_json: bool) -> None:
+    """Change team NAME of ORG: description or mirrored identity provider group."""
+    body = {"description": description, "idp_group": idp_group}
+    emit(call(lambda c: c.patch(f"/orgs/{org_name}/teams/{name}", body)), as_json)
 
 
 @team.command("delete")
@@ -601,6 +656,146 @@ def token_revoke(token_id: str) -> None:
     click.echo(f"revoked token {token_id}")
 
 
+# -- federation trusts (keyless CI) -----------------------------------------------------
+
+TRUSTS = "/federation/trusts"
+TRUST_COLUMNS = ("name", "issuer", "audience", "robot", "conditions", "max_token_seconds",
+                 "enabled")
+
+
+def _conditions(values: Iterable[str]) -> list[dict[str, str]]:
+    """``claim=value`` (exact) and ``claim~=glob`` options as API conditions."""
+    parsed = []
+    for value in values:
+        claim, sep, pattern = value.partition("=")
+        if not sep or not claim.strip("~ ") or not pattern:
+            raise click.BadParameter(f"{value!r}: use claim=value or claim~=glob",
+                                     param_hint="--condition")
+        glob = claim.endswith("~")
+        parsed.append({"claim": claim.removesuffix("~").strip(), "pattern": pattern,
+                       "match": "glob" if glob else "exact"})
+    return parsed
+
+
+def _trust_row(trust: dict[str, Any]) -> dict[str, Any]:
+    """A trust with its conditions spelled as on the command line."""
+    spelled = [f"{c['claim']}{'~=' if c['match'] == 'glob' else '='}{c['pattern']}"
+               for c in trust.get("conditions", [])]
+    return {**trust, "conditions": spelled}
+
+
+def _show_trust(trust: dict[str, Any], as_json: bool) -> None:
+    emit(trust if as_json else _trust_row(trust), as_json)
+
+
+condition_option = click.option(
+    "--condition", "conditions", multiple=True, metavar="CLAIM=VALUE|CLAIM~=GLOB",
+    help="A claim condition (repeatable; all must hold). '=' is exact, '~=' a glob where "
+         "* stays inside one /-separated part and ** crosses /.")
+scope_option = click.option(
+    "--scope", "scopes", multiple=True, metavar="repository:GLOB:ACTIONS",
+    help="Narrow what exchanged tokens may do (repeatable; default: the robot's rights).")
+
+
+@click.group("trust", cls=ApiGroup)
+def trust() -> None:
+    """Federation trusts: CI workloads (by their OIDC ID token's claims) acting as a robot,
+    with no stored secret (keyless CI).
+    """
+
+
+@trust.command("list")
+@json_option
+def trust_list(as_json: bool) -> None:
+    """List the trusts you may read, in the order exchanges try them."""
+    found = call(lambda c: c.get(TRUSTS))
+    emit(found if as_json else [_trust_row(t) for t in found], as_json, TRUST_COLUMNS)
+
+
+@trust.command("show")
+@click.argument("name")
+@json_option
+def trust_show(name: str, as_json: bool) -> None:
+    """Show trust NAME."""
+    _show_trust(call(lambda c: c.get(f"{TRUSTS}/{name}")), as_json)
+
+
+@trust.command("create")
+@click.argument("name")
+@click.option("--preset", type=click.Choice(["github-actions", "gitlab-ci", "kubernetes"]),
+              default=None, help="Fill the issuer (GitHub, GitLab.com) and check the "
+              "conditions pin the claim that names the workload.")
+@click.option("--issuer", default=None, help="The issuer URL exactly as tokens carry it.")
+@click.option("--audience", required=True, help="The aud the CI system puts in its tokens.")
+@condition_option
+@click.option("--robot", "robot_name", default=None,
+              help="Act as this existing robot (robot$<org>+<name>).")
+@click.option("--org", "org_name", default=None,
+              help="Role binding: the organization (creates robot$<org>+NAME).")
+@click.option("--repository", default="**", show_default=True,
+              help="Role binding: the repository glob.")
+@click.option("--role", "role_name", default=None, help="Role binding: the role.")
+@scope_option
+@click.option("--max-seconds", type=int, default=None,
+              help="Registry token lifetime, 60-3600 (default: the server's ceiling).")
+@click.option("--description", default=None)
+@click.option("--disabled", is_flag=True, help="Create it disabled.")
+@json_option
+def trust_create(name: str, preset: str | None, issuer: str | None, audience: str,
+                 conditions: tuple[str, ...], robot_name: str | None, org_name: str | None,
+                 repository: str, role_name: str | None, scopes: tuple[str, ...],
+                 max_seconds: int | None, description: str | None, disabled: bool,
+                 as_json: bool) -> None:
+    """Create trust NAME: give --robot, or --org and --role (a role binding)."""
+    if (robot_name is None) == (org_name is None or role_name is None):
+        raise click.UsageError("give --robot, or --org and --role (a role binding)")
+    body: dict[str, Any] = {"name": name, "audience": audience,
+                            "conditions": _conditions(conditions), "enabled": not disabled}
+    optional = {"preset": preset, "issuer": issuer, "robot": robot_name,
+                "max_token_seconds": max_seconds, "description": description,
+                "scopes": list(scopes) or None}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if org_name is not None and role_name is not None:
+        body["role_binding"] = {"org": org_name, "repository": repository, "role": role_name}
+    _show_trust(call(lambda c: c.post(TRUSTS, body)), as_json)
+
+
+@trust.command("update")
+@click.argument("name")
+@click.option("--issuer", default=None)
+@click.option("--audience", default=None)
+@condition_option
+@scope_option
+@click.option("--all-rights", is_flag=True, help="Drop the scope restrictions.")
+@click.option("--max-seconds", type=int, default=None)
+@click.option("--enable/--disable", "enabled", default=None,
+              help="Accept or refuse exchanges (on every replica at the next exchange).")
+@click.option("--description", default=None, help='New description ("" clears it).')
+@json_option
+def trust_update(name: str, issuer: str | None, audience: str | None,
+                 conditions: tuple[str, ...], scopes: tuple[str, ...], all_rights: bool,
+                 max_seconds: int | None, enabled: bool | None, description: str | None,
+                 as_json: bool) -> None:
+    """Change trust NAME (--condition and --scope replace the whole list)."""
+    body: dict[str, Any] = {k: v for k, v in {
+        "issuer": issuer, "audience": audience, "max_token_seconds": max_seconds,
+        "enabled": enabled, "description": description}.items() if v is not None}
+    if conditions:
+        body["conditions"] = _conditions(conditions)
+    if scopes or all_rights:
+        body["scopes"] = list(scopes)
+    _show_trust(call(lambda c: c.patch(f"{TRUSTS}/{name}", body)), as_json)
+
+
+@trust.command("delete")
+@click.argument("name")
+@click.confirmation_option(prompt="Delete this trust (and a robot it created)?")
+def trust_delete(name: str) -> None:
+    """Delete trust NAME (a role binding's robot and grant go too)."""
+    call(lambda c: c.delete(f"{TRUSTS}/{name}"))
+    click.echo(f"deleted trust {name}")
+
+
 # -- policy explain / check -------------------------------------------------------------
 
 @click.group("policy", cls=ApiGroup)
@@ -698,5 +893,5 @@ def policy_check(table_path: Path, offline: bool, policy_csv: Path | None,
 
 
 ADMIN_COMMANDS: list[click.Command] = [login, logout, whoami, user, org, team, robot, role,
-                                       grant, token, policy]
+                                       grant, token, trust, policy]
 """The commands ``dtr/cli.py`` registers: ``for c in ADMIN_COMMANDS: main.add_command(c)``."""

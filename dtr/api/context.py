@@ -28,6 +28,7 @@ from dtr.policy.enforcer import PolicyEngine
 
 Req = Request[Any, Any, Any]
 PAT_PREFIX = "dtr_pat_"
+SESSION_PREFIX = "dtr_ses_"
 
 
 @dataclass(slots=True)
@@ -80,8 +81,9 @@ class Security:
         return any(ip in net for net in self.trusted_proxies)
 
     async def principal(self, request: Req) -> Principal:
-        """Who is calling the admin API: ``Bearer <personal access token>`` or ``Basic``
-        (password, personal access token or robot secret); no header = anonymous.
+        """Who is calling the admin API: ``Bearer <personal access token>``, ``Bearer
+        <OIDC session token>`` or ``Basic`` (password, personal access token or robot
+        secret); no header = anonymous.
 
         Raises:
             Unauthorized: credentials were presented and are not valid.
@@ -95,11 +97,14 @@ class Security:
         ip = self.client_ip(request)
         if scheme == "bearer" and value.startswith(PAT_PREFIX):
             return await self.credentials.verify_pat(value, ip)
+        if scheme == "bearer" and value.startswith(SESSION_PREFIX):
+            return await self.credentials.verify_session(value, ip)
         if scheme == "bearer":
             # registry tokens carry repository scopes for /v2 only; the admin API takes
             # personal access tokens or Basic credentials
             raise InvalidToken("the admin API takes a personal access token "
-                               "(Bearer dtr_pat_...) or Basic credentials, not a registry token")
+                               "(Bearer dtr_pat_...), an OIDC session token (Bearer "
+                               "dtr_ses_...) or Basic credentials, not a registry token")
         if scheme == "basic":
             username, password = basic_credentials(value)
             return await self.credentials.verify_basic(username, password, ip)

@@ -3,8 +3,10 @@ and refresh tokens. Plain functions of a synchronous ``Connection`` (one transac
 composable with policy admin writes) and :class:`AccountService`, their async twins.
 
 Secrets leave only once, in :class:`NewSecret`; rows hold argon2id password hashes or
-SHA-256 hashes of random secrets. Token strings are ``dtr_pat_<id>_<random>`` and
-``dtr_rt_<id>_<random>``: the id finds the row, the random part is compared by hash.
+SHA-256 hashes of random secrets. Token strings are ``dtr_pat_<id>_<random>``,
+``dtr_rt_<id>_<random>`` and ``dtr_ses_<id>_<random>`` (an OIDC login session): the id
+finds the row, the random part is compared by hash. Users created for single sign-on have
+no password (``secret_hash`` NULL) and can never sign in with one.
 """
 
 from __future__ import annotations
@@ -37,16 +39,19 @@ from dtr.errors import Conflict, Invalid, NotFound
 
 T = TypeVar("T")
 InfoT = TypeVar("InfoT", "AccountInfo", "TokenInfo")
-TokenKind = Literal["pat", "refresh"]
+TokenKind = Literal["pat", "refresh", "session"]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """Users, organizations, teams and robot short names."""
 NAME_RULE = "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
 TOKEN_ID_LENGTH = 16
 _TOKEN_ID_ALPHABET = string.ascii_letters + string.digits
-_TOKEN_RE = re.compile(r"dtr_(pat|rt)_([A-Za-z0-9]{12,64})_([A-Za-z0-9_-]{16,128})")
+_TOKEN_RE = re.compile(r"dtr_(pat|rt|ses)_([A-Za-z0-9]{12,64})_([A-Za-z0-9_-]{16,128})")
+_PREFIXES: dict[str, TokenKind] = {"pat": "pat", "rt": "refresh", "ses": "session"}
+_PREFIX_OF: dict[TokenKind, str] = {kind: prefix for prefix, kind in _PREFIXES.items()}
 MAX_TOKEN_NAME = 100
 MAX_EMAIL = 255
+MAX_IDP_GROUP = 255
 
 
 class _Unset(enum.Enum):
@@ -99,6 +104,8 @@ class TeamInfo:
     name: str
     description: str | None
     created_at: dt.datetime
+    idp_group: str | None = None
+    """The OpenID Provider group whose members this team mirrors (team sync), or None."""
 
     @property
     def subject(self) -> str:
@@ -108,7 +115,7 @@ class TeamInfo:
 
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
-    """A personal access or refresh token (never its secret or hash)."""
+    """A personal access, refresh or session token (never its secret or hash)."""
 
     id: str
     account: str
@@ -164,12 +171,12 @@ def parse_token(value: str) -> tuple[TokenKind, str, str] | None:
     match = _TOKEN_RE.fullmatch(value)
     if match is None:
         return None
-    return ("pat" if match.group(1) == "pat" else "refresh"), match.group(2), match.group(3)
+    return _PREFIXES[match.group(1)], match.group(2), match.group(3)
 
 
 # -- users and robots -----------------------------------------------------------------------
 
-def create_user(conn: Connection, name: str, password: str | HashedPassword, *,
+def create_user(conn: Connection, name: str, password: str | HashedPassword | None, *,
                 email: str | None = None, created_by: str | None = None) -> AccountInfo:
     """Create a user account.
 
@@ -177,7 +184,8 @@ def create_user(conn: Connection, name: str, password: str | HashedPassword, *,
         conn: the transaction.
         name: the username (``[a-z0-9][a-z0-9._-]{0,63}``).
         password: the plaintext (checked and hashed here, ≈45 ms inside the transaction)
-            or a :class:`HashedPassword` from :func:`prepare_password`.
+            or a :class:`HashedPassword` from :func:`prepare_password`; ``None`` = a user
+            who signs in only with single sign-on (no password, ever).
         email: optional contact address.
         created_by: the creating account's name, for the record.
 
@@ -187,7 +195,7 @@ def create_user(conn: Connection, name: str, password: str | HashedPassword, *,
     """
     _check_name("username", name)
     _check_email(email)
-    secret_hash = _password_hash(password)
+    secret_hash = None if password is None else _password_hash(password)
     _insert_account(conn, name=name, kind="user", secret_hash=secret_hash, email=email or None,
                     created_by=created_by)
     return get_account(conn, name)
@@ -220,9 +228,10 @@ def update_user(conn: Connection, name: str, *, email: str | None = None,
                 password: str | HashedPassword | None = None,
                 disabled: bool | None = None) -> AccountInfo:
     """Change a user's email (``""`` clears it), password or disabled flag; ``None``
-    leaves a field alone. A disabled user cannot log in, nor use its tokens. A new
-    password also revokes the user's refresh tokens (``docker login`` sessions);
-    personal access tokens stay valid.
+    leaves a field alone. Disabling a user revokes every token they hold (personal
+    access, refresh and OIDC session tokens) in the same transaction, so enabling the
+    account again brings none of them back. A new password also revokes the user's
+    refresh tokens (``docker login`` sessions); personal access tokens stay valid.
 
     Raises:
         NotFound: no such user.
@@ -237,11 +246,21 @@ def update_user(conn: Connection, name: str, *, email: str | None = None,
     if disabled is not None:
         values["disabled"] = disabled
     account_id = _update_account(conn, name, "user", values)
-    if password is not None:
+    if disabled:
+        revoke_all_tokens(conn, account_id)
+    elif password is not None:
         conn.execute(update(AccessToken).where(
             AccessToken.account_id == account_id, AccessToken.kind == "refresh",
             AccessToken.revoked_at.is_(None)).values(revoked_at=utcnow()))
     return get_account(conn, name)
+
+
+def revoke_all_tokens(conn: Connection, account_id: int) -> int:
+    """Revoke every unrevoked token of the account (all kinds); returns how many."""
+    result = conn.execute(update(AccessToken).where(
+        AccessToken.account_id == account_id, AccessToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow()))
+    return int(result.rowcount or 0)
 
 
 def delete_account(conn: Connection, name: str) -> AccountInfo:
@@ -409,19 +428,21 @@ def delete_org(conn: Connection, name: str) -> list[str]:
 
 
 def create_team(conn: Connection, org: str, name: str,
-                description: str | None = None) -> TeamInfo:
-    """Create team ``name`` in ``org``.
+                description: str | None = None, idp_group: str | None = None) -> TeamInfo:
+    """Create team ``name`` in ``org``; with ``idp_group`` its members are synced from
+    that OpenID Provider group at each OIDC login.
 
     Raises:
-        Invalid: bad name, or the organization does not exist.
+        Invalid: bad name or group, or the organization does not exist.
         Conflict: the team exists.
     """
     _check_name("team name", name)
+    group = _idp_group(idp_group)
     org_id = _org_id(conn, org)
     if org_id is None:
         raise Invalid(f"organization {org} does not exist")
     _insert(conn, Team, f"team {org}/{name} already exists", org_id=org_id, name=name,
-            description=description, created_at=utcnow())
+            description=description, idp_group=group, created_at=utcnow())
     return get_team(conn, org, name)
 
 
@@ -450,16 +471,22 @@ def get_team(conn: Connection, org: str, name: str) -> TeamInfo:
 
 
 def update_team(conn: Connection, org: str, name: str, *,
-                description: str | None = None) -> TeamInfo:
-    """Change a team's description (``""`` clears; ``None`` keeps).
+                description: str | None = None, idp_group: str | None = None) -> TeamInfo:
+    """Change a team's description or synced OpenID Provider group (``""`` clears;
+    ``None`` keeps). Members stay as they are until the next OIDC login of each.
 
     Raises:
         NotFound: no such organization or team.
+        Invalid: a bad group name.
     """
     team = get_team(conn, org, name)
+    values: dict[str, Any] = {}
     if description is not None:
-        conn.execute(update(Team).where(Team.id == team.id)
-                     .values(description=description or None))
+        values["description"] = description or None
+    if idp_group is not None:
+        values["idp_group"] = _idp_group(idp_group)
+    if values:
+        conn.execute(update(Team).where(Team.id == team.id).values(**values))
     return get_team(conn, org, name)
 
 
@@ -479,7 +506,8 @@ def delete_team(conn: Connection, org: str, name: str) -> TeamInfo:
 def create_token(conn: Connection, account_name: str, name: str, *, kind: TokenKind = "pat",
                  scopes: Iterable[str] | None = None, expires_at: dt.datetime | None = None,
                  max_days: int | None = None) -> NewSecret[TokenInfo]:
-    """Create a personal access token (users only) or a refresh token (any account).
+    """Create a personal access token or OIDC session token (users only) or a refresh
+    token (any account).
 
     The token string is returned once; only SHA-256 of its random part is stored. A
     refresh token issued to a caller that logged in with a restricted personal access
@@ -489,7 +517,7 @@ def create_token(conn: Connection, account_name: str, name: str, *, kind: TokenK
         conn: the transaction.
         account_name: the owner.
         name: a label for the owner (1-100 characters).
-        kind: ``pat`` or ``refresh``.
+        kind: ``pat``, ``refresh`` or ``session``.
         scopes: restrictions ``repository:<glob>:<actions>`` (``None`` = the account's
             full rights).
         expires_at: expiry (aware datetime in the future); ``None`` = never, or
@@ -500,8 +528,8 @@ def create_token(conn: Connection, account_name: str, name: str, *, kind: TokenK
         NotFound: no such account.
         Invalid: bad kind, name, scopes or expiry; a personal access token for a robot.
     """
-    if kind not in ("pat", "refresh"):
-        raise Invalid("token kind: use pat or refresh")
+    if kind not in _PREFIX_OF:
+        raise Invalid("token kind: use pat, refresh or session")
     label = name.strip()
     if not 0 < len(label) <= MAX_TOKEN_NAME or not label.isprintable():
         raise Invalid(f"token name: use 1-{MAX_TOKEN_NAME} printable characters")
@@ -515,11 +543,11 @@ def create_token(conn: Connection, account_name: str, name: str, *, kind: TokenK
             raise Invalid(f"expires_at: at most {max_days} days from now")
     _check_expiry(expires_at)
     account = get_account(conn, account_name)
-    if kind == "pat" and account.kind != "user":
+    if kind != "refresh" and account.kind != "user":
         raise Invalid("personal access tokens are for users; robots have their own secret")
-    if kind == "refresh":  # one per `docker login`: drop the owner's expired ones
+    if kind != "pat":  # one per `docker login` or OIDC login: drop the expired ones
         conn.execute(delete(AccessToken).where(
-            AccessToken.account_id == account.id, AccessToken.kind == "refresh",
+            AccessToken.account_id == account.id, AccessToken.kind == kind,
             AccessToken.expires_at < now))
     token_id = "".join(secrets.choice(_TOKEN_ID_ALPHABET) for _ in range(TOKEN_ID_LENGTH))
     random_part = new_secret()
@@ -528,9 +556,8 @@ def create_token(conn: Connection, account_name: str, name: str, *, kind: TokenK
         secret_hash=hash_secret(random_part),
         scopes=None if restrictions is None else json.dumps(list(restrictions)),
         expires_at=expires_at, created_at=now))
-    prefix = "pat" if kind == "pat" else "rt"
     return NewSecret(_get_token(conn, account_name, token_id),
-                     f"dtr_{prefix}_{token_id}_{random_part}")
+                     f"dtr_{_PREFIX_OF[kind]}_{token_id}_{random_part}")
 
 
 def list_tokens(conn: Connection, account_name: str, *,
@@ -675,10 +702,11 @@ class AccountService:
         """See :func:`get_team`."""
         return await self._read(lambda c: get_team(c, org, name))
 
-    async def update_team(self, org: str, name: str, *,
-                          description: str | None = None) -> TeamInfo:
+    async def update_team(self, org: str, name: str, *, description: str | None = None,
+                          idp_group: str | None = None) -> TeamInfo:
         """See :func:`update_team`."""
-        return await self._write(lambda c: update_team(c, org, name, description=description))
+        return await self._write(lambda c: update_team(c, org, name, description=description,
+                                                       idp_group=idp_group))
 
     async def delete_team(self, org: str, name: str) -> TeamInfo:
         """See :func:`delete_team`."""
@@ -709,6 +737,20 @@ class AccountService:
 def _check_name(what: str, name: str) -> None:
     if not NAME_RE.fullmatch(name):
         raise Invalid(f"{what} {name!r}: {NAME_RULE}")
+
+
+def _idp_group(group: str | None) -> str | None:
+    """A team's provider group as stored (``None``/``""`` = not synced).
+
+    Raises:
+        Invalid: too long or not printable.
+    """
+    if not group:
+        return None
+    if len(group) > MAX_IDP_GROUP or not group.isprintable() or group != group.strip():
+        raise Invalid(f"idp_group {group!r}: use 1-{MAX_IDP_GROUP} printable characters "
+                      "without surrounding spaces")
+    return group
 
 
 def _check_email(email: str | None) -> None:
@@ -782,7 +824,8 @@ def _orgs() -> Any:
 
 def _teams() -> Any:
     return (select(Team.id, Organization.name.label("org"), Team.name, Team.description,
-                   Team.created_at).join(Organization, Organization.id == Team.org_id))
+                   Team.created_at, Team.idp_group)
+            .join(Organization, Organization.id == Team.org_id))
 
 
 def _tokens() -> Any:

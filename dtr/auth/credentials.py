@@ -1,6 +1,7 @@
 """Credential checks: a username and password (user password, user personal access token,
-robot secret), a refresh token or a personal access token → :class:`Principal`, with
-failed-login limits. The only place that decides whether presented secrets are right.
+robot secret), a refresh token, a personal access token or an OIDC session token →
+:class:`Principal`, with failed-login limits. The only place that decides whether presented
+secrets are right (and whether local passwords are allowed at all: ``local_login``).
 
 Every check reads the database (the failed-login rows and the account or token row), so a
 change counts at the next login; on SQLite that read runs inline on a plain ``sqlite3``
@@ -36,11 +37,18 @@ from dtr.errors import Unauthorized
 
 BAD_LOGIN = "invalid username or password"
 BAD_TOKEN = "invalid, expired or revoked token"  # noqa: S105 (a message, not a secret)
+SESSION_NOT_PASSWORD = ("a dtr session token (dtr_ses_...) only signs in to the admin API; "  # noqa: S105
+                        "for docker login mint a personal access token with it "
+                        "(`dtr token create NAME`) and use that")
+LOCAL_LOGIN_OFF = ("password sign-in is disabled here (auth.oidc.local_login is false): "
+                   "sign in with single sign-on, then use a personal access token")
 VERIFIED_TTL = 300.0
 """Seconds a successful password check is remembered (as a keyed MAC bound to the hash)."""
 TOUCH_INTERVAL = dt.timedelta(seconds=60)
 """``last_login_at`` / ``last_used_at`` are written at most this often per account/token."""
 _MAX_USERNAME = 255
+_TOKEN_METHODS: dict[str, AuthMethod] = {"pat": "pat", "refresh": "refresh_token",
+                                         "session": "oidc"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +85,9 @@ class CredentialVerifier:
 
     * Right credentials of an enabled, unexpired account (and an unrevoked, unexpired
       token) → the principal: ``kind`` and ``name`` of the account, its ``account_id``,
-      ``method`` (``password``, ``pat``, ``robot_secret``, ``refresh_token``), and for
-      tokens ``token_id`` and the token's ``scopes`` restriction (``None`` = full rights).
+      ``method`` (``password``, ``pat``, ``robot_secret``, ``refresh_token``, ``oidc`` for
+      a session token), and for tokens ``token_id`` and the token's ``scopes``
+      restriction (``None`` = full rights).
     * Anything wrong — unknown user, wrong secret, a token of another account or of the
       wrong kind, disabled or expired account, expired or revoked token, malformed input —
       → :class:`~dtr.errors.Unauthorized` with one fixed message per method that never
@@ -99,16 +108,27 @@ class CredentialVerifier:
     * Nothing about the account, the token or the failed logins is remembered between
       checks: each one reads them (inline on SQLite, see ``dtr.auth.loginreads``).
 
+    * A session token (``dtr_ses_…``) presented as a password is refused with
+      :data:`SESSION_NOT_PASSWORD` (it is for the admin API only). With
+      ``local_login=False`` user passwords are refused with :data:`LOCAL_LOGIN_OFF`
+      before any check, except the bootstrap administrator's; robots and tokens work.
+
     Args:
         db: the metadata database.
         limiter: the shared failed-login limiter.
+        recheck_seconds: how long :meth:`still_valid` answers are cached.
+        local_login: accept user passwords (``auth.oidc.local_login``).
+        bootstrap_admin: the user whose password works even without ``local_login``.
     """
 
     def __init__(self, db: Database, limiter: LoginLimiter,
-                 recheck_seconds: float = 5.0) -> None:
+                 recheck_seconds: float = 5.0, *, local_login: bool = True,
+                 bootstrap_admin: str = "admin") -> None:
         self.db = db
         self.limiter = limiter
         self.recheck_seconds = recheck_seconds
+        self.local_login = local_login
+        self.bootstrap_admin = bootstrap_admin
         self._inline = InlineLoginReads.for_url(db.url)
         self._valid: dict[tuple[str, str | None], tuple[bool, float]] = {}
         # argon2 costs ~45 ms of CPU by design; a client logging in again and again (one
@@ -127,9 +147,8 @@ class CredentialVerifier:
         """
         if principal.is_anonymous:
             return True
-        key = (principal.name, principal.token_id if principal.method in ("pat",
-                                                                          "refresh_token")
-               else None)
+        key = (principal.name, principal.token_id if principal.method in (
+            "pat", "refresh_token", "oidc") else None)
         now = time.monotonic()
         cached = self._valid.get(key)
         if cached is not None and cached[1] > now:
@@ -149,10 +168,18 @@ class CredentialVerifier:
         access tokens (``dtr_pat_…``) as the password; ``robot$…`` + the robot's secret.
 
         Raises:
-            Unauthorized: ``"invalid username or password"``.
+            Unauthorized: ``"invalid username or password"``; :data:`SESSION_NOT_PASSWORD`
+                for a session token; :data:`LOCAL_LOGIN_OFF` for a user password when
+                local logins are off.
             RateLimited: too many failures for this username or address.
         """
         parsed = parse_token(password) if password.startswith("dtr_") else None
+        if parsed is not None and parsed[0] == "session":
+            await self._failed("", client_ip)
+            raise Unauthorized(SESSION_NOT_PASSWORD)
+        if (parsed is None and not self.local_login and not username.startswith("robot$")
+                and username != self.bootstrap_admin):
+            raise Unauthorized(LOCAL_LOGIN_OFF)
 
         token_id = parsed[1] if parsed is not None else None
         name = username if parsed is None and _storable(username) else None
@@ -252,7 +279,17 @@ class CredentialVerifier:
         """
         return await self._verify_token(token, "pat", client_ip)
 
-    async def _verify_token(self, token: str, kind: Literal["pat", "refresh"],
+    async def verify_session(self, token: str, client_ip: str) -> Principal:
+        """Check an OIDC login session token (``dtr_ses_…``; ``Authorization: Bearer`` on
+        the admin API); the principal's ``method`` is ``oidc``.
+
+        Raises:
+            Unauthorized: ``"invalid, expired or revoked token"``.
+            RateLimited: too many failures from this address.
+        """
+        return await self._verify_token(token, "session", client_ip)
+
+    async def _verify_token(self, token: str, kind: Literal["pat", "refresh", "session"],
                             client_ip: str) -> Principal:
         # Token random parts carry 256 bits: guessing one is hopeless, so only the address
         # is limited (an account key would let anyone holding an id lock its owner out).
@@ -266,7 +303,7 @@ class CredentialVerifier:
             await self._failed("", client_ip)
             raise Unauthorized(BAD_TOKEN)
         await self._succeeded(login, now, "", client_ip, False, None)
-        return _principal(login, "pat" if kind == "pat" else "refresh_token")
+        return _principal(login, _TOKEN_METHODS[kind])
 
     async def _failed(self, account: str, client_ip: str) -> None:
         await self.db.run(lambda conn: self.limiter.failed_tx(conn, account, client_ip),

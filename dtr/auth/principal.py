@@ -11,7 +11,7 @@ from typing import Literal
 
 PrincipalKind = Literal["user", "robot", "anonymous"]
 AuthMethod = Literal["password", "pat", "robot_secret", "refresh_token", "bearer", "oidc",
-                     "anonymous"]
+                     "federation", "anonymous"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,8 @@ class Principal:
         name: the account name (``alice``, ``robot$acme+ci``); ``""`` for anonymous.
         account_id: the ``account`` row id; None for anonymous.
         method: how the caller proved who they are (recorded by audit).
-        token_id: the personal access / refresh token id or JWT ``jti`` used, if any.
+        token_id: the personal access / refresh token id or JWT ``jti`` used, if any
+            (``federation``: the exchanged ID token's ``jti``, or its SHA-256).
         scopes: restrictions carried by a personal access token (``None`` = the account's
             full rights), as Docker scope strings ``repository:<glob>:<actions>``.
     """

@@ -261,7 +261,8 @@ class TokenIssuer:
         self._header = {"alg": ALGORITHM, "typ": "JWT", "kid": keys.kid}
 
     def issue(self, principal: Principal, audience: str,
-              access: Iterable[Scope | Mapping[str, Any]]) -> IssuedToken:
+              access: Iterable[Scope | Mapping[str, Any]], *,
+              lifetime: int | None = None) -> IssuedToken:
         """Sign a token for ``principal`` valid at ``audience`` granting ``access``.
 
         Args:
@@ -269,16 +270,22 @@ class TokenIssuer:
             audience: the service (``aud``).
             access: granted resources, as :class:`Scope` or ``{"type", "name", "actions"}``
                 mappings; may be empty (``docker login``).
+            lifetime: seconds the token lives (``None`` = the issuer's lifetime; keyless CI
+                exchanges pass their trust's).
 
         Raises:
-            ValueError: an access entry is malformed.
+            ValueError: an access entry is malformed, or ``lifetime`` is not positive.
         """
+        seconds = self.lifetime if lifetime is None else lifetime
+        if seconds < 1:
+            raise ValueError("lifetime must be positive")
         iat = int(self.clock())
         jti = secrets.token_urlsafe(16)
         private: dict[str, Any] = {"kind": principal.kind, "method": principal.method}
         if principal.account_id is not None:
             private["account_id"] = principal.account_id
-        if principal.token_id is not None and principal.method in ("pat", "refresh_token"):
+        if principal.token_id is not None and principal.method in ("pat", "refresh_token",
+                                                                    "federation"):
             private["token_id"] = principal.token_id
         if principal.scopes is not None:
             private["scopes"] = list(principal.scopes)
@@ -286,7 +293,7 @@ class TokenIssuer:
             "iss": self.issuer,
             "sub": "" if principal.is_anonymous else principal.name,
             "aud": audience,
-            "exp": iat + self.lifetime,
+            "exp": iat + seconds,
             "nbf": iat,
             "iat": iat,
             "jti": jti,
@@ -300,7 +307,7 @@ class TokenIssuer:
             read: Claims | None = _claims(claims)
         except InvalidToken:  # a token no verifier accepts: nothing to remember
             read = None
-        return IssuedToken(token, self.lifetime, issued_at, jti, read)
+        return IssuedToken(token, seconds, issued_at, jti, read)
 
 
 def _access_entry(entry: Scope | Mapping[str, Any]) -> dict[str, Any]:

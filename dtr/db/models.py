@@ -294,7 +294,8 @@ class FederationTrust(Base):
     ``conditions`` (JSON list of ``{"claim", "pattern", "match": "exact"|"glob"}``) are
     exchanged for registry tokens acting as the robot ``robot_id``, for at most
     ``max_token_seconds`` (<= 3600). ``owns_robot``: the robot was created for this trust's
-    role binding and goes with it.
+    role binding (JSON ``{"org", "repository", "role"}`` in ``role_binding``) and goes with
+    it. ``scopes``: JSON list of scope restrictions, or NULL for the robot's full rights.
     """
 
     __tablename__ = "federation_trust"
@@ -307,6 +308,7 @@ class FederationTrust(Base):
     robot_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
     owns_robot: Mapped[bool] = mapped_column(Boolean, default=False)
     scopes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    role_binding: Mapped[str | None] = mapped_column(Text, nullable=True)
     max_token_seconds: Mapped[int] = mapped_column(Integer, default=3600)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_by: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)

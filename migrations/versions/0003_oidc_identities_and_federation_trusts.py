@@ -31,6 +31,7 @@ def upgrade() -> None:
     sa.Column('robot_id', sa.Integer(), nullable=False),
     sa.Column('owns_robot', sa.Boolean(), nullable=False),
     sa.Column('scopes', sa.Text(), nullable=True),
+    sa.Column('role_binding', sa.Text(), nullable=True),
     sa.Column('max_token_seconds', sa.Integer(), nullable=False),
     sa.Column('enabled', sa.Boolean(), nullable=False),
     sa.Column('created_by', sa.String(length=255), nullable=True),

@@ -1,6 +1,7 @@
 """Contract suite for ``CredentialVerifier`` (see its docstring), run for every credential
 kind — user password, user personal access token (as a Basic password and as a Bearer
-token), robot secret, refresh token — on SQLite and on a real PostgreSQL.
+token), robot secret, refresh token, OIDC session token — on SQLite and on a real
+PostgreSQL.
 
 Each kind must: give the principal for the right secret; refuse a wrong secret, an unknown
 name or id, a disabled or expired account, a revoked (or replaced) credential and an
@@ -26,7 +27,13 @@ from sqlalchemy import select, update
 
 from dtr.auth import passwords
 from dtr.auth.accounts import AccountService, HashedPassword, create_user, parse_token
-from dtr.auth.credentials import BAD_LOGIN, BAD_TOKEN, CredentialVerifier
+from dtr.auth.credentials import (
+    BAD_LOGIN,
+    BAD_TOKEN,
+    LOCAL_LOGIN_OFF,
+    SESSION_NOT_PASSWORD,
+    CredentialVerifier,
+)
 from dtr.auth.passwords import hash_password, new_secret
 from dtr.auth.principal import Principal
 from dtr.auth.ratelimit import LoginLimiter
@@ -59,6 +66,8 @@ class World:
     refresh_id: str
     robot_secret: str
     lenient: CredentialVerifier
+    session: str = ""
+    session_id: str = ""
     """A verifier whose limits tests that make many failures do not reach."""
 
 
@@ -75,10 +84,13 @@ async def world(db_url: str, anyio_backend: str) -> AsyncIterator[World]:
     refresh = await accounts.create_token("alice", "docker login", kind="refresh",
                                           expires_at=utcnow() + dt.timedelta(days=90))
     limiter = LoginLimiter(db, PER_ACCOUNT, PER_IP, WINDOW)
+    session = await accounts.create_token("alice", "oidc login", kind="session",
+                                          expires_at=utcnow() + dt.timedelta(hours=8))
     try:
         yield World(db, accounts, CredentialVerifier(db, limiter), alice.id, robot.info.id,
                     pat.secret, pat.info.id, refresh.secret, refresh.info.id, robot.secret,
-                    CredentialVerifier(db, LoginLimiter(db, 1000, 1000, WINDOW)))
+                    CredentialVerifier(db, LoginLimiter(db, 1000, 1000, WINDOW)),
+                    session.secret, session.info.id)
     finally:
         await db.close()
 
@@ -103,7 +115,12 @@ class Kind:
 
     def secret(self, w: World) -> str:
         return {"user-password": PASSWORD, "user-pat": w.pat, "user-pat-bearer": w.pat,
-                "robot-secret": w.robot_secret, "refresh-token": w.refresh}[self.id]
+                "robot-secret": w.robot_secret, "refresh-token": w.refresh,
+                "session-bearer": w.session}[self.id]
+
+    def token_id(self, w: World) -> str:
+        return {"refresh-token": w.refresh_id, "session-bearer": w.session_id}.get(
+            self.id, w.pat_id)
 
     def present(self, w: World, secret: str, ip: str = IP, username: str | None = None,
                 verifier: CredentialVerifier | None = None) -> Awaitable[Principal]:
@@ -114,6 +131,8 @@ class Kind:
             return v.verify_basic("robot$acme+ci" if username is None else username, secret, ip)
         if self.id == "user-pat-bearer":
             return v.verify_pat(secret, ip)
+        if self.id == "session-bearer":
+            return v.verify_session(secret, ip)
         return v.verify_refresh_token(secret, ip)
 
     def expected(self, w: World) -> Principal:
@@ -125,13 +144,15 @@ class Kind:
             "robot-secret": Principal("robot", "robot$acme+ci", w.robot_id, "robot_secret"),
             "refresh-token": Principal("user", "alice", w.alice_id, "refresh_token",
                                        w.refresh_id),
+            "session-bearer": Principal("user", "alice", w.alice_id, "oidc", w.session_id),
         }[self.id]
 
     def wrong(self, w: World) -> str:
         secret = self.secret(w)
         if self.is_token:  # the right id, a wrong random part
             kind, token_id, _ = parse_token(secret)  # type: ignore[misc]
-            return f"dtr_{'pat' if kind == 'pat' else 'rt'}_{token_id}_{new_secret()}"
+            prefix = {"pat": "pat", "refresh": "rt", "session": "ses"}[kind]
+            return f"dtr_{prefix}_{token_id}_{new_secret()}"
         return secret + "x" if self.id == "user-password" else new_secret()
 
     def unknown(self, w: World,
@@ -142,7 +163,8 @@ class Kind:
         if self.id == "robot-secret":
             return self.present(w, w.robot_secret, username="robot$acme+ghost",
                                 verifier=verifier)
-        prefix = "dtr_rt_" if self.id == "refresh-token" else "dtr_pat_"
+        prefix = {"refresh-token": "dtr_rt_", "session-bearer": "dtr_ses_"}.get(self.id,
+                                                                              "dtr_pat_")
         return self.present(w, f"{prefix}{'Z' * 16}_{new_secret()}", verifier=verifier)
 
     @property
@@ -162,8 +184,7 @@ class Kind:
         elif self.id == "robot-secret":
             await w.accounts.regenerate_robot_secret(self.account)
         else:
-            token_id = w.refresh_id if self.id == "refresh-token" else w.pat_id
-            await w.accounts.revoke_token("alice", token_id)
+            await w.accounts.revoke_token("alice", self.token_id(w))
 
 
 KINDS = [
@@ -172,6 +193,7 @@ KINDS = [
     Kind("user-pat-bearer", BAD_TOKEN, limited_by_account=False, is_token=True),
     Kind("robot-secret", BAD_LOGIN, limited_by_account=True, is_token=False),
     Kind("refresh-token", BAD_TOKEN, limited_by_account=False, is_token=True),
+    Kind("session-bearer", BAD_TOKEN, limited_by_account=False, is_token=True),
 ]
 TOKEN_KINDS = [k for k in KINDS if k.is_token]
 
@@ -245,8 +267,7 @@ async def test_revoked_or_replaced(world: World, kind: Kind) -> None:
 
 @kinds(TOKEN_KINDS)
 async def test_expired_token(world: World, kind: Kind) -> None:
-    token_id = world.refresh_id if kind.id == "refresh-token" else world.pat_id
-    await expire(world, token_id=token_id)
+    await expire(world, token_id=kind.token_id(world))
     await refused(kind, kind.present(world, kind.secret(world)))
 
 
@@ -383,12 +404,12 @@ async def test_use_is_recorded_at_most_once_a_minute(world: World, kind: Kind) -
         login = c.execute(select(Account.last_login_at)
                           .where(Account.name == kind.account)).scalar()
         used = c.execute(select(AccessToken.last_used_at).where(
-            AccessToken.id.in_([world.pat_id, world.refresh_id]))
+            AccessToken.id.in_([world.pat_id, world.refresh_id, world.session_id]))
             .order_by(AccessToken.id)).scalars().all()
         return login, tuple(used)
 
     before = await world.db.run(stamps, write=False)
-    assert before == (None, (None, None))
+    assert before == (None, (None, None, None))
     await kind.present(world, kind.secret(world))
     first = await world.db.run(stamps, write=False)
     assert first[0] is not None
@@ -416,6 +437,31 @@ async def test_credentials_do_not_cross_kinds(world: World) -> None:
     await no(v.verify_basic("alice\x00", PASSWORD, IP))  # PostgreSQL refuses NUL in text
     await no(v.verify_basic("alice\ud800", PASSWORD, "\x00\ud800"))
     await no(v.verify_basic("a" * 10_000, PASSWORD, IP))
+    await no(v.verify_pat(world.session, IP))  # a session as a PAT
+    await no(v.verify_session(world.pat, IP))  # a PAT as a session
+    await no(v.verify_session(world.refresh, IP))
+    await no(v.verify_refresh_token(world.session, IP))
+
+
+async def test_a_session_is_never_a_password(world: World) -> None:
+    """The token endpoint and Basic logins refuse a session token with a message saying
+    what to use instead, whatever the token's state."""
+    for username in ("alice", "bob", ""):
+        with pytest.raises(Unauthorized) as err:
+            await world.lenient.verify_basic(username, world.session, IP)
+        assert err.value.message == SESSION_NOT_PASSWORD
+
+
+async def test_local_login_off_refuses_user_passwords_only(world: World) -> None:
+    strict = CredentialVerifier(world.db, LoginLimiter(world.db, 1000, 1000, WINDOW),
+                                local_login=False, bootstrap_admin="bob")
+    with pytest.raises(Unauthorized) as err:
+        await strict.verify_basic("alice", PASSWORD, IP)
+    assert err.value.message == LOCAL_LOGIN_OFF
+    assert (await strict.verify_basic("bob", BOB_PASSWORD, IP)).name == "bob"
+    assert (await strict.verify_basic("alice", world.pat, IP)).method == "pat"
+    assert (await strict.verify_basic("robot$acme+ci", world.robot_secret, IP)).kind == "robot"
+    assert (await strict.verify_session(world.session, IP)).method == "oidc"
 
 
 async def test_a_refresh_token_carries_the_pat_restrictions(world: World) -> None:

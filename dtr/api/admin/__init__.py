@@ -26,6 +26,7 @@ from dtr.api.admin.roles import RoleController
 from dtr.api.admin.services import AdminService
 from dtr.api.admin.teams import TeamController
 from dtr.api.admin.tokens import TokenController
+from dtr.api.admin.trusts import TrustController, TrustService
 from dtr.api.admin.users import MeController, UserController
 from dtr.api.context import Security
 from dtr.api.problems import exception_handlers
@@ -36,10 +37,11 @@ PREFIX = "/api/v1"
 OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json"
 CONTROLLERS = [MeController, UserController, OrgController, TeamController,
                OrgRobotController, SystemRobotController, RoleController, GrantController,
-               TokenController, AuthzController]
+               TokenController, AuthzController, TrustController]
 DESCRIPTION = """\
-Manage users, organizations, teams, robot accounts, roles, grants and personal access
-tokens, and ask the policy why a request is allowed or denied.
+Manage users, organizations, teams, robot accounts, roles, grants, personal access
+tokens and federation trusts (keyless CI), and ask the policy why a request is allowed or
+denied.
 
 Authenticate with `Authorization: Bearer <personal access token>` (`dtr login` mints one)
 or HTTP Basic (password, personal access token or robot secret). Errors are RFC 9457
@@ -72,6 +74,7 @@ def build_admin_router(security: Security, auth_settings: AuthSettings) -> Route
     """
     admin = AdminService(security, auth_settings)
     access = AccessService(security, auth_settings)
+    trusts = TrustService(security)
 
     def provide_admin() -> AdminService:
         return admin
@@ -79,11 +82,15 @@ def build_admin_router(security: Security, auth_settings: AuthSettings) -> Route
     def provide_access() -> AccessService:
         return access
 
+    def provide_trusts() -> TrustService:
+        return trusts
+
     api = Router(
         path="/", route_handlers=[*CONTROLLERS, unknown_route],
         guards=[guards.authenticate(security)],
         dependencies={"admin": Provide(provide_admin, sync_to_thread=False),
                       "access": Provide(provide_access, sync_to_thread=False),
+                      "trusts": Provide(provide_trusts, sync_to_thread=False),
                       "caller": Provide(guards.provide_caller)},
         security=[{"bearer": []}, {"basic": []}])
     return Router(path=PREFIX, route_handlers=[api, openapi_document],
@@ -100,7 +107,8 @@ def openapi_config() -> OpenAPIConfig:
         use_handler_docstrings=True,
         components=Components(security_schemes={
             "bearer": SecurityScheme(type="http", scheme="bearer",
-                                     description="A personal access token (dtr_pat_…)."),
+                                     description="A personal access token (dtr_pat_…) or "
+                                                 "an OIDC login session token (dtr_ses_…)."),
             "basic": SecurityScheme(type="http", scheme="basic",
                                     description="Username and password, personal access "
                                                 "token or robot secret."),

@@ -24,11 +24,14 @@ class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 # -- requests ---------------------------------------------------------------------------------
 
 class UserCreate(Body):
-    """A new user account."""
+    """A new user account: with a password, or ``oidc: true`` for a person who signs in
+    only with single sign-on (no password; linked at their first OIDC login).
+    """
 
     name: Name
-    password: str
+    password: str | None = None
     email: str | None = None
+    oidc: bool = False
 
 
 class UserUpdate(Body):
@@ -55,10 +58,22 @@ class OrgUpdate(Body):
 
 
 class TeamCreate(Body):
-    """A new team in an organization."""
+    """A new team in an organization; ``idp_group`` = mirror that OpenID Provider group
+    (members are then set at each OIDC login, not by hand).
+    """
 
     name: Name
     description: str | None = None
+    idp_group: str | None = None
+
+
+class TeamUpdate(Body):
+    """Changes to a team; absent fields stay. ``""`` clears the description or the
+    provider group (membership is then managed in dtr again).
+    """
+
+    description: str | None = None
+    idp_group: str | None = None
 
 
 class GrantSpec(Body):
@@ -137,6 +152,60 @@ class CheckRequest(Body):
     rows: list[CheckRow]
 
 
+class TrustCondition(Body):
+    """A claim condition of a federation trust: ``exact`` value or ``glob`` (``*`` stays
+    inside one ``/``-separated part, ``**`` crosses ``/``).
+    """
+
+    claim: Annotated[str, Meta(min_length=1, max_length=255)]
+    pattern: Annotated[str, Meta(min_length=1, max_length=1024)]
+    match: Literal["exact", "glob"] = "exact"
+
+
+class TrustRoleBinding(Body):
+    """A role on a repository glob of an organization, held by a robot made for the trust
+    (``robot$<org>+<trust name>``, deleted with it).
+    """
+
+    org: Name
+    role: str
+    repository: str = "**"
+
+
+class TrustCreate(Body):
+    """A new federation trust (keyless CI). Give ``robot`` or ``role_binding``; ``preset``
+    fills the issuer (GitHub, GitLab.com) and checks the conditions pin the right claim.
+    ``max_token_seconds`` null = the server's ceiling; ``scopes`` null = the robot's rights.
+    """
+
+    name: Name
+    audience: Annotated[str, Meta(min_length=1, max_length=255)]
+    conditions: list[TrustCondition]
+    issuer: str | None = None
+    preset: Literal["github-actions", "gitlab-ci", "kubernetes"] | None = None
+    robot: str | None = None
+    role_binding: TrustRoleBinding | None = None
+    scopes: list[str] | None = None
+    max_token_seconds: Annotated[int, Meta(ge=60, le=3600)] | None = None
+    enabled: bool = True
+    description: str | None = None
+
+
+class TrustUpdate(Body):
+    """Changes to a federation trust; absent (null) fields stay. ``conditions`` replaces
+    the list; ``scopes: []`` lifts the restrictions; ``description: ""`` clears it. The
+    binding cannot change (delete and recreate the trust).
+    """
+
+    issuer: str | None = None
+    audience: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    conditions: list[TrustCondition] | None = None
+    scopes: list[str] | None = None
+    max_token_seconds: Annotated[int, Meta(ge=60, le=3600)] | None = None
+    enabled: bool | None = None
+    description: str | None = None
+
+
 # -- responses --------------------------------------------------------------------------------
 
 class Me(msgspec.Struct, kw_only=True):
@@ -174,13 +243,14 @@ class Org(msgspec.Struct, kw_only=True):
 
 
 class Team(msgspec.Struct, kw_only=True):
-    """A team and its member subjects."""
+    """A team and its member subjects; ``idp_group``: the provider group it mirrors."""
 
     org: str
     name: str
     description: str | None
     members: list[str]
     created_at: dt.datetime
+    idp_group: str | None = None
 
 
 class Robot(msgspec.Struct, kw_only=True):
@@ -283,6 +353,44 @@ class CheckReport(msgspec.Struct, kw_only=True):
     ok: bool
     rows: list[CheckResult]
     mismatches: list[CheckResult]
+
+
+class TrustRoleBindingOut(msgspec.Struct, kw_only=True):
+    """The role binding of a trust that owns its robot."""
+
+    org: str
+    repository: str
+    role: str
+
+
+class TrustConditionOut(msgspec.Struct, kw_only=True):
+    """A claim condition of a trust."""
+
+    claim: str
+    pattern: str
+    match: str
+
+
+class Trust(msgspec.Struct, kw_only=True):
+    """A federation trust: ID tokens of ``issuer`` for ``audience`` whose claims meet every
+    condition are exchanged for registry tokens acting as ``robot``.
+    """
+
+    name: str
+    description: str | None
+    issuer: str
+    audience: str
+    conditions: list[TrustConditionOut]
+    robot: str
+    org: str | None
+    owns_robot: bool
+    role_binding: TrustRoleBindingOut | None
+    scopes: list[str] | None
+    max_token_seconds: int
+    enabled: bool
+    created_by: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
 
 
 def convert(value: Any, schema: type[S], **extra: Any) -> S:

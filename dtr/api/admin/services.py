@@ -131,8 +131,16 @@ class AdminService(ServiceBase):
         return await self._read(lambda c: _user(c, name))
 
     async def create_user(self, caller: Caller, data: s.UserCreate) -> AccountInfo:
-        """Create a user (the password is hashed before the transaction)."""
-        hashed = await acc.prepare_password(data.password)
+        """Create a user (the password is hashed before the transaction); ``oidc`` = a
+        single sign-on user without a password.
+
+        Raises:
+            Invalid: neither or both of ``password`` and ``oidc``.
+        """
+        if data.oidc == (data.password is not None):
+            raise Invalid("give a password, or oidc: true for a user who signs in with "
+                          "single sign-on (not both)")
+        hashed = None if data.password is None else await acc.prepare_password(data.password)
         return await self._write(lambda c: acc.create_user(
             c, data.name, hashed, email=data.email, created_by=caller.name))
 
@@ -252,7 +260,17 @@ class AdminService(ServiceBase):
         """
         def tx(conn: Connection) -> TeamView:
             acc.get_org(conn, org)
-            return TeamView(acc.create_team(conn, org, data.name, data.description), [])
+            return TeamView(acc.create_team(conn, org, data.name, data.description,
+                                            data.idp_group), [])
+
+        return await self._write(tx)
+
+    async def update_team(self, org: str, team: str, data: s.TeamUpdate) -> TeamView:
+        """Change a team's description or provider group."""
+        def tx(conn: Connection) -> TeamView:
+            acc.update_team(conn, org, team, description=data.description,
+                            idp_group=data.idp_group)
+            return _team_view(conn, org, team)
 
         return await self._write(tx)
 
@@ -271,7 +289,7 @@ class AdminService(ServiceBase):
             NotFound: no such team or account.
         """
         def tx(conn: Connection) -> TeamView:
-            acc.get_team(conn, org, team)
+            _manual_team(conn, org, team)
             pol.add_member(conn, org, team, _member_subject(member))
             return _team_view(conn, org, team)
 
@@ -284,7 +302,7 @@ class AdminService(ServiceBase):
             NotFound: no such team, or not a member.
         """
         def tx(conn: Connection) -> None:
-            acc.get_team(conn, org, team)
+            _manual_team(conn, org, team)
             pol.remove_member(conn, org, team, _member_subject(member))
 
         await self._write(tx)
@@ -408,6 +426,22 @@ def _robot(conn: Connection, org: str | None, name: str) -> AccountInfo:
         raise NotFound(f"robot {full} not found") from None
     if info.kind != "robot":
         raise NotFound(f"robot {full} not found")
+    return info
+
+
+def _manual_team(conn: Connection, org: str, team: str) -> TeamInfo:
+    """The team, if its membership is managed in dtr.
+
+    Raises:
+        NotFound: no such team.
+        Conflict: the team mirrors a provider group (team sync sets its members).
+    """
+    info = acc.get_team(conn, org, team)
+    if info.idp_group:
+        raise Conflict(f"the members of {org}/{team} come from the identity provider group "
+                       f"{info.idp_group!r} (set at each OIDC login); change the group at "
+                       "the provider, or clear the team's idp_group",
+                       {"team": f"{org}/{team}", "idp_group": info.idp_group})
     return info
 
 

@@ -1,12 +1,14 @@
 """``/api/v1/orgs/{org}/teams``: teams and their members.
 
-Permissions: read ``org:read`` in the org; create, delete and membership changes
-``org:admin``. Members are existing users (or robots of the same org).
+Permissions: read ``org:read`` in the org; create, change, delete and membership changes
+``org:admin``. Members are existing users (or robots of the same org); a team with an
+``idp_group`` gets its members from that OpenID Provider group at each OIDC login, and
+refuses manual member changes (409).
 """
 
 from __future__ import annotations
 
-from litestar import Controller, delete, get, post, put
+from litestar import Controller, delete, get, patch, post, put
 from litestar.params import FromPath, JSONBody
 
 from dtr.api.admin import guards as g
@@ -46,6 +48,14 @@ class TeamController(Controller):
         """One team with its members. Requires ``org:read``."""
         return team_out(await admin.get_team(org, team))
 
+    @patch("/{team:str}", guards=ADMIN, summary="Change a team", responses=errors(404, 422))
+    async def update_team(self, admin: Admin, org: FromPath[str], team: FromPath[str],
+                          data: JSONBody[s.TeamUpdate]) -> s.Team:
+        """Change the description or the mirrored provider group (``""`` clears).
+        Requires ``org:admin``.
+        """
+        return team_out(await admin.update_team(org, team, data))
+
     @delete("/{team:str}", guards=ADMIN, summary="Delete a team", responses=errors(404))
     async def delete_team(self, admin: Admin, org: FromPath[str], team: FromPath[str]) -> None:
         """Delete a team with its memberships and grants. Requires ``org:admin``."""
@@ -58,14 +68,16 @@ class TeamController(Controller):
         return (await admin.get_team(org, team)).members
 
     @put("/{team:str}/members/{user:str}", guards=ADMIN,
-         summary="Add a team member", responses=errors(404, 422))
+         summary="Add a team member", responses=errors(404, 409, 422))
     async def add_member(self, admin: Admin, org: FromPath[str], team: FromPath[str],
                          user: FromPath[str]) -> s.Team:
-        """Add an existing user (idempotent). Requires ``org:admin``."""
+        """Add an existing user (idempotent). Requires ``org:admin``; 409 for a team
+        synced from a provider group.
+        """
         return team_out(await admin.add_member(org, team, user))
 
     @delete("/{team:str}/members/{user:str}", guards=ADMIN,
-            summary="Remove a team member", responses=errors(404))
+            summary="Remove a team member", responses=errors(404, 409))
     async def remove_member(self, admin: Admin, org: FromPath[str], team: FromPath[str],
                             user: FromPath[str]) -> None:
         """Take a member out of the team. Requires ``org:admin``."""

@@ -71,8 +71,10 @@ def test_create_user_errors(api: Api) -> None:
     problem(api.post("/users", {**body, "name": "alice"}), 409)
     problem(api.post("/users", {**body, "password": "short"}), 422)
     problem(api.post("/users", {**body, "name": "Bad Name"}), 422)
-    missing = problem(api.post("/users", {"name": "erin"}), 400)
+    missing = problem(api.post("/users", {"password": "erin-password-1"}), 400)
     assert missing["errors"]
+    assert "oidc: true" in problem(api.post("/users", {"name": "erin"}), 422)["detail"]
+    problem(api.post("/users", {**body, "oidc": True}), 422)  # a password or SSO, not both
     problem(api.post("/users", {**body, "colour": "blue"}), 400)
 
 
@@ -93,7 +95,8 @@ def test_admin_disables_a_user_and_their_tokens_stop(api: Api) -> None:
     assert r.json()["disabled"] is True
     problem(api.get("/me", as_="bob"), 401)
     assert api.patch("/users/bob", {"disabled": False}).json()["disabled"] is False
-    assert api.get("/me", as_="bob").status_code == 200
+    problem(api.get("/me", as_="bob"), 401)  # disabling revoked the token for good
+    assert api.client.get("/api/v1/me", headers=basic("bob", password_of("bob"))).is_success
     problem(api.patch("/users/nobody", {"disabled": True}), 404)
 
 

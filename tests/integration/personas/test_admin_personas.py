@@ -153,6 +153,11 @@ for _variant, _org in (("", "acme"), ("other-org", "other")):
     case("POST", f"{ORG}/teams", _variant)(_create_team)
 
 
+@case("PATCH", TEAM)
+def _update_team(w: World, persona: str) -> Call:
+    return Call(f"{V1}/orgs/acme/teams/{w.new_team()}", json={"description": "renamed"})
+
+
 @case("DELETE", TEAM)
 def _delete_team(w: World, persona: str) -> Call:
     return Call(f"{V1}/orgs/acme/teams/{w.new_team()}")
@@ -296,6 +301,52 @@ def _check(subject: str) -> Call:
 
 case("POST", f"{V1}/authz/check", "self")(lambda w, persona: _check(w.subject(persona)))
 case("POST", f"{V1}/authz/check", "other")(lambda w, persona: _check("user:bystander"))
+
+# -- federation trusts (keyless CI) --------------------------------------------------------
+
+TRUSTS = f"{V1}/federation/trusts"
+TRUST_ISSUER = "https://token.actions.githubusercontent.com"
+
+
+def _trust_body(w: World, **binding: Any) -> dict[str, Any]:
+    return {"name": w.unique("trust"), "issuer": TRUST_ISSUER, "audience": SERVICE,
+            "conditions": [{"claim": "repository", "pattern": "acme/app"}], **binding}
+
+
+def _new_trust(w: World) -> str:
+    """A trust bound to robot$acme+ci (org acme); its name."""
+    from dtr.auth import federation as fed  # noqa: PLC0415 - only these cases need it
+
+    name = w.unique("trust")
+    spec = fed.TrustSpec(name=name, issuer=TRUST_ISSUER, audience=SERVICE,
+                         conditions=(fed.Condition("repository", "acme/app"),),
+                         robot="robot$acme+ci")
+    w.write(lambda c: fed.create_trust(c, spec, fed.Limits()))
+    return name
+
+
+register_fixed("GET", TRUSTS)
+for _variant, _org in (("", "acme"), ("other-org", "other")):
+    def _create_trust(w: World, persona: str, org: str = _org) -> Call:
+        return Call(TRUSTS, json=_trust_body(w, role_binding={
+            "org": org, "repository": f"{org}/app", "role": "reader"}))
+
+    case("POST", TRUSTS, _variant)(_create_trust)
+case("POST", TRUSTS, "system")(
+    lambda w, persona: Call(TRUSTS, json=_trust_body(w, robot="robot$mirror")))
+case("GET", f"{TRUSTS}/{{name:str}}")(lambda w, persona: Call(f"{TRUSTS}/{_new_trust(w)}"))
+case("PATCH", f"{TRUSTS}/{{name:str}}")(
+    lambda w, persona: Call(f"{TRUSTS}/{_new_trust(w)}", json={"enabled": False}))
+case("DELETE", f"{TRUSTS}/{{name:str}}")(
+    lambda w, persona: Call(f"{TRUSTS}/{_new_trust(w)}"))
+
+
+# -- OIDC login (off in this world) and logout ---------------------------------------------
+
+register_fixed("GET", f"{V1}/auth/oidc")
+register_fixed("GET", f"{V1}/auth/oidc/login")
+register_fixed("GET", f"{V1}/auth/oidc/callback", params={"code": "c", "state": "s"})
+register_fixed("POST", f"{V1}/auth/logout")
 
 # -- anything else under /api/v1 -----------------------------------------------------------
 

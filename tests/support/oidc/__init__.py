@@ -498,6 +498,44 @@ class OpenIDProvider:
             raise OIDCFlowError(f"workload token refused ({resp.status_code}): {resp.text}")
         return str(resp.json()["id_token"])
 
+    # -- forged tokens (refusal tests) --------------------------------------------------
+
+    def workload_claims(self, account: str, audience: str, ttl: int | None = None,
+                        **claims: Any) -> dict[str, Any]:
+        """The claims :meth:`workload_token` would sign (``iss``, ``sub``, ``aud``, ``iat``,
+        ``exp``, ``jti``, the account's stored claims, then ``claims``), for :meth:`sign`.
+        Unlike :meth:`workload_token`, ``claims`` may override reserved ones (``nbf``,
+        ``iss``, ``exp``…): that is what forging is for."""
+        now = int(time.time())
+        lifetime = self.workload_ttl if ttl is None else ttl
+        base: dict[str, Any] = {"jti": secrets.token_urlsafe(12),
+                                **self._accounts.get(account, {})}
+        base.update({"iss": self.issuer, "sub": account, "aud": audience, "iat": now,
+                     "exp": now + lifetime})
+        base.update(claims)
+        return base
+
+    def sign(self, claims: dict[str, Any], *, kid: str | None = None,
+             key: dict[str, Any] | None = None, alg: str = "RS256") -> str:
+        """A compact JWS of ``claims`` signed with the provider's current private key (or
+        the published key ``kid``, or any private JWK ``key``, whose own ``kid`` goes in the
+        header unless ``kid`` is given) — to forge tokens the provider would never issue:
+        not yet valid, for another issuer, signed by a key it does not publish."""
+        from joserfc import jwt as jose_jwt  # noqa: PLC0415 - only forging tests need it
+        from joserfc.jwk import import_key  # noqa: PLC0415
+
+        if key is None:
+            key = next((k for k in self._keys if kid is None or k["kid"] == kid), None)
+            if key is None:
+                raise KeyError(f"the provider has no key {kid!r}")
+        header = {"alg": alg, "typ": "JWT", "kid": kid or key.get("kid", "")}
+        return jose_jwt.encode(header, claims, import_key(key))
+
+    @staticmethod
+    def foreign_key() -> dict[str, Any]:
+        """A fresh RSA private JWK (with a ``kid``) that no provider publishes."""
+        return _new_key()
+
     # -- internals ---------------------------------------------------------------------
 
     def _require_running(self) -> None:

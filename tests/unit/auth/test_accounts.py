@@ -94,8 +94,6 @@ async def test_update_user(db: Database) -> None:
     refresh = await service.create_token("alice", "docker login", kind="refresh")
     info = await service.update_user("alice", email="")
     assert info.email is None
-    info = await service.update_user("alice", disabled=True)
-    assert info.disabled
     old_hash = await run(db, lambda c: stored(c, "alice"))
     await service.update_user("alice", password="new-password-1")
     new_hash = await run(db, lambda c: stored(c, "alice"))
@@ -104,6 +102,14 @@ async def test_update_user(db: Database) -> None:
     tokens = {t.id: t for t in await service.list_tokens("alice")}
     assert tokens[refresh.info.id].revoked_at is not None  # sessions end with a new password
     assert tokens[pat.info.id].revoked_at is None
+    session = await service.create_token("alice", "oidc", kind="session")
+    assert session.secret.startswith("dtr_ses_")
+    info = await service.update_user("alice", disabled=True)
+    assert info.disabled
+    tokens = {t.id: t for t in await service.list_tokens("alice")}
+    assert all(t.revoked_at is not None for t in tokens.values())  # disabling ends them all
+    await service.update_user("alice", disabled=False)
+    assert all(t.revoked_at is not None for t in await service.list_tokens("alice"))
     with pytest.raises(NotFound):
         await service.update_user("bob", disabled=True)
     with pytest.raises(Invalid):
@@ -320,7 +326,7 @@ async def test_token_validation(db: Database) -> None:
         ({"scopes": ["repository:acme:bogus"]}, Invalid, "scope"),
         ({"scopes": []}, Invalid, "at least one"),
         ({"expires_at": utcnow()}, Invalid, "future"),
-        ({"kind": "session"}, Invalid, "kind"),
+        ({"kind": "bogus"}, Invalid, "kind"),
         ({"expires_at": future(400), "max_days": 365}, Invalid, "365 days"),
         ({"account_name": "ghost"}, NotFound, "ghost"),
         ({"account_name": robot.info.name}, Invalid, "robots"),
