@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import secrets
+from pathlib import Path
 
 import msgspec
 from litestar import Litestar
@@ -31,7 +32,7 @@ from dtr.auth.oidc import Providers
 from dtr.auth.ratelimit import LoginLimiter
 from dtr.auth.sso import LoginService
 from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
-from dtr.config import Settings, load_settings
+from dtr.config import Settings, SigningSettings, load_settings
 from dtr.core.hooks import Hooks
 from dtr.core.registry import Registry
 from dtr.core.store import Limits, Store
@@ -43,6 +44,8 @@ from dtr.events import LogSecurityEvents
 from dtr.policy import admin as policy_admin
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
+from dtr.signing.gate import SigningGate
+from dtr.signing.policy import KeySpec, PolicyService, PolicySpec, TrustStoreSpec
 from dtr.storage.base import StorageDriver
 from dtr.storage.filesystem import FilesystemDriver
 
@@ -91,7 +94,10 @@ def build_registry(settings: Settings, storage: StorageDriver | None = None) -> 
     db = Database(settings.database_url, pool_size=settings.database.pool_size,
                   echo=settings.database.echo)
     reads = make_fast_reads(settings.database_url, settings.database.pool_size)
-    store = Store(db, storage or build_storage(settings), reads, Hooks(), limits(settings))
+    hooks = Hooks()
+    gate = SigningGate(db, hooks)
+    hooks.gate, hooks.observer, hooks.reads = gate, gate, gate
+    store = Store(db, storage or build_storage(settings), reads, hooks, limits(settings))
     s3 = settings.storage.s3
     redirect = s3.redirect_expiry_seconds if (settings.storage.backend == "s3"
                                               and s3.redirect) else None
@@ -144,6 +150,27 @@ def build_security(settings: Settings, db: Database,
                             clock_skew=a.oidc.clock_skew_seconds))
 
 
+def signing_policies(signing: SigningSettings) -> list[PolicySpec]:
+    """The settings file's signing policies as specs (PEM files read here)."""
+    def text(inline: str, path: str) -> str:
+        return inline or Path(path).expanduser().read_text()
+
+    return [PolicySpec(
+        name=p.name, pattern=p.repositories, protected=p.protected, mode=p.mode,
+        min_signatures=p.min_signatures, require_children_signed=p.require_children_signed,
+        formats=tuple(p.formats),
+        keys=tuple(KeySpec(text(k.pem, k.pem_file), k.name or None, k.status)
+                   for k in p.keys),
+        trust_stores=tuple(TrustStoreSpec(t.name, text(t.roots_pem, t.roots_file),
+                                          tuple(t.identities)) for t in p.trust_stores))
+        for p in signing.policies]
+
+
+def signing_service(registry: Registry) -> PolicyService:
+    """The signing-policy service over the registry's database and event seam."""
+    return PolicyService(registry.store.db, registry.store.hooks.emit)
+
+
 async def bootstrap_admin(security: Security, password: str | None) -> str | None:
     """Create the first system administrator when no user exists yet.
 
@@ -178,8 +205,12 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     ctx = OciContext(registry, access, settings.server.public_url,
                      settings.registry.chunk_min_bytes)
 
+    signing = signing_service(registry)
+
     async def startup() -> None:
         await check_schema(registry)
+        if settings.signing.policies:
+            await signing.seed(signing_policies(settings.signing))
         if ensure is not None:
             await ensure()
         await security.policy.start()
@@ -203,6 +234,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
                    openapi_config=openapi_config(),
                    exception_handlers=app_exception_handlers())
     app.state.registry = registry
+    app.state.signing = signing
     app.state.security = security
     app.state.sso = sso
     return app

@@ -214,7 +214,8 @@ def gc(config: str | None, dry_run: bool, upload_max_age: int | None,
                 registry.store,
                 upload_max_age=upload_max_age or settings.gc.upload_max_age_seconds,
                 blob_grace=blob_grace if blob_grace is not None
-                else settings.gc.blob_grace_seconds)
+                else settings.gc.blob_grace_seconds,
+                quarantine_grace=settings.signing.quarantine_grace_seconds)
             report = await collector.run(dry_run=dry_run,
                                          progress=lambda msg: click.echo(msg, err=True))
             click.echo(report.summary())

@@ -238,6 +238,66 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     federation: FederationSettings = msgspec.field(default_factory=FederationSettings)
 
 
+class SigningKeySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A trusted cosign public key of a signing policy."""
+
+    pem: str = ""
+    """The key as PEM ``PUBLIC KEY`` (``cosign.pub``); ECDSA P-256/P-384, Ed25519 or RSA."""
+    pem_file: str = ""
+    """A file holding the PEM, instead of ``pem``."""
+    name: str = ""
+    """A label for people (the key id is the SHA-256 of the DER key)."""
+    status: Literal["active", "retired", "revoked"] = "active"
+    """``retired``: signatures first verified before retirement keep counting;
+    ``revoked``: none count."""
+
+
+class SigningTrustStoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A notation trust store of a signing policy."""
+
+    name: str
+    """The store's name (``ca:<name>`` in notation terms)."""
+    roots_pem: str = ""
+    """Root certificates, PEM (several may be concatenated)."""
+    roots_file: str = ""
+    """A file holding the roots, instead of ``roots_pem``."""
+    identities: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Trusted identities: ``*`` or ``x509.subject: C=…, ST=…, O=…, CN=…``."""
+
+
+class SigningPolicySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A signing policy declared in the settings file (seeded at startup)."""
+
+    name: str
+    """Unique policy name (shown in refusals)."""
+    repositories: str
+    """Repository glob: ``*`` one path segment, ``**`` any (``prod/**``)."""
+    protected: bool = True
+    """Gate on (``false`` keeps the policy but switches the gate off)."""
+    mode: Literal["enforce", "audit"] = "enforce"
+    """``audit``: unsigned tag writes are accepted and recorded instead of refused."""
+    min_signatures: int = 1
+    """Valid signatures from distinct trusted keys/identities a digest needs."""
+    require_children_signed: bool = False
+    """Indexes: every child manifest must be signed too."""
+    formats: list[str] = msgspec.field(default_factory=lambda: ["cosign", "notation"])
+    """Accepted formats: ``cosign``, ``notation`` or precise ones (``cosign-bundle``, …)."""
+    keys: list[SigningKeySettings] = msgspec.field(default_factory=list)
+    """Trusted cosign public keys."""
+    trust_stores: list[SigningTrustStoreSettings] = msgspec.field(default_factory=list)
+    """notation trust stores with their trusted identities."""
+
+
+class SigningSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The signing gate."""
+
+    policies: list[SigningPolicySettings] = msgspec.field(default_factory=list)
+    """Policies seeded into the database at startup (upserted; marked as from config)."""
+    quarantine_grace_seconds: int = 7 * 24 * 3600
+    """``dtr gc`` keeps untagged quarantined manifests this long, so push → sign → tag is
+    not raced by garbage collection."""
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every dtr setting. Build with :func:`load_settings`."""
 
@@ -247,6 +307,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
     gc: GCSettings = msgspec.field(default_factory=GCSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    signing: SigningSettings = msgspec.field(default_factory=SigningSettings)
 
     @property
     def data_path(self) -> Path:
@@ -398,6 +459,32 @@ def validate(settings: Settings) -> None:
         if value and not Path(value).expanduser().is_file():
             raise ConfigError(f"server.{name}: {value} is not a readable file")
     _validate_auth(s.auth)
+    _validate_signing(s.signing)
+
+
+def _validate_signing(g: SigningSettings) -> None:
+    if g.quarantine_grace_seconds < 0:
+        raise ConfigError("signing.quarantine_grace_seconds: must not be negative")
+    names: set[str] = set()
+    for p in g.policies:
+        where = f"signing.policies.{p.name}"
+        if p.name in names:
+            raise ConfigError(f"{where}: duplicate policy name")
+        names.add(p.name)
+        if p.min_signatures < 1:
+            raise ConfigError(f"{where}.min_signatures: must be at least 1")
+        for k in p.keys:
+            if bool(k.pem) == bool(k.pem_file):
+                raise ConfigError(f"{where}.keys: set exactly one of pem and pem_file")
+            if k.pem_file and not Path(k.pem_file).expanduser().is_file():
+                raise ConfigError(f"{where}.keys: {k.pem_file} is not a readable file")
+        for t in p.trust_stores:
+            if bool(t.roots_pem) == bool(t.roots_file):
+                raise ConfigError(f"{where}.trust_stores.{t.name}: set exactly one of "
+                                  "roots_pem and roots_file")
+            if t.roots_file and not Path(t.roots_file).expanduser().is_file():
+                raise ConfigError(f"{where}.trust_stores.{t.name}: {t.roots_file} is not "
+                                  "a readable file")
 
 
 def _validate_auth(a: AuthSettings) -> None:

@@ -1,5 +1,7 @@
-"""Garbage collection (``dtr gc``): expire abandoned uploads, drop links no manifest needs,
-delete blobs nothing links, and sweep storage objects the database does not know.
+"""Garbage collection (``dtr gc``): expire abandoned uploads, drop untagged quarantined
+manifests of protected repositories past their grace period (the signing gate's
+``signing_trust`` rows), drop links no manifest needs, delete blobs nothing links, and
+sweep storage objects the database does not know.
 
 Safe while the registry serves: every removal is a conditional statement a concurrent push
 wins, and bytes are deleted only while the row that guards them is being deleted in the
@@ -15,13 +17,34 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Exists, Select, delete, exists, select, true, tuple_, update
+from sqlalchemy import (
+    CursorResult,
+    Exists,
+    Select,
+    and_,
+    delete,
+    exists,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import aliased
 
 from dtr.core.blobs import blob_key
 from dtr.core.reference import Digest
 from dtr.core.store import Store, storage_guard
 from dtr.db.base import utcnow
-from dtr.db.models import Blob, Manifest, ManifestReference, RepositoryBlob, Upload, UploadPart
+from dtr.db.models import (
+    Blob,
+    Manifest,
+    ManifestReference,
+    RepositoryBlob,
+    Tag,
+    TrustState,
+    Upload,
+    UploadPart,
+)
 from dtr.errors import DigestInvalid
 from dtr.storage import paths
 
@@ -39,6 +62,8 @@ class GcReport:
     dry_run: bool = False
     uploads_removed: int = 0
     """Upload sessions (rows and their segments) past the maximum age."""
+    manifests_removed: int = 0
+    """Untagged quarantined manifests past the quarantine grace period."""
     links_removed: int = 0
     """Repository links to blobs no manifest of that repository references."""
     blobs_removed: int = 0
@@ -57,7 +82,9 @@ class GcReport:
         0 orphan objects in 0.4s``.
         """
         verb = "gc (dry run): would remove" if self.dry_run else "gc: removed"
-        return (f"{verb} {_count(self.uploads_removed, 'upload')}, "
+        quarantined = (f"{_count(self.manifests_removed, 'quarantined manifest')}, "
+                       if self.manifests_removed else "")
+        return (f"{verb} {_count(self.uploads_removed, 'upload')}, {quarantined}"
                 f"{_count(self.links_removed, 'link')}, {_count(self.blobs_removed, 'blob')} "
                 f"({human_bytes(self.bytes_reclaimed)} reclaimed), "
                 f"{_count(self.orphans_removed, 'orphan object')} in {self.duration:.1f}s")
@@ -101,6 +128,23 @@ def _referenced_anywhere() -> Exists:
                           ManifestReference.kind == "blob")
 
 
+def _collectable_quarantined(cutoff: dt.datetime) -> Any:
+    """Manifest rows that are QUARANTINED, untagged, older than ``cutoff`` and no child of
+    another manifest of their repository.
+    """
+    parent = aliased(Manifest)
+    return and_(
+        Manifest.created_at < cutoff,
+        exists().where(TrustState.repository_id == Manifest.repository_id,
+                       TrustState.digest == Manifest.digest,
+                       TrustState.state == "QUARANTINED"),
+        ~exists().where(Tag.manifest_id == Manifest.id),
+        ~exists().where(ManifestReference.digest == Manifest.digest,
+                        ManifestReference.kind == "manifest",
+                        ManifestReference.manifest_id == parent.id,
+                        parent.repository_id == Manifest.repository_id))
+
+
 class GarbageCollector:
     """Mark-and-sweep over the metadata database and object storage.
 
@@ -109,14 +153,17 @@ class GarbageCollector:
         upload_max_age: seconds after which an untouched upload is abandoned.
         blob_grace: seconds a link or blob no manifest references is kept after it was
             created or last linked (protects pushes whose manifest has not arrived yet).
+        quarantine_grace: seconds an untagged QUARANTINED manifest (signing gate) is kept
+            after it was pushed, so push → sign → tag is not raced; None keeps them all.
         batch_size: rows or objects per query.
     """
 
     def __init__(self, store: Store, *, upload_max_age: float, blob_grace: float,
-                 batch_size: int = BATCH) -> None:
+                 quarantine_grace: float | None = None, batch_size: int = BATCH) -> None:
         self.store = store
         self.upload_max_age = upload_max_age
         self.blob_grace = blob_grace
+        self.quarantine_grace = quarantine_grace
         self.batch_size = batch_size
 
     async def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
@@ -140,6 +187,8 @@ class GarbageCollector:
                        now - dt.timedelta(seconds=self.blob_grace), self.batch_size)
         await sweep.uploads()
         await sweep.orphan_uploads()
+        if self.quarantine_grace is not None:
+            await sweep.quarantined(now - dt.timedelta(seconds=self.quarantine_grace))
         await sweep.links()
         await sweep.blobs()
         await sweep.orphan_blobs()
@@ -225,6 +274,42 @@ class _Sweep:
                 self.report.bytes_reclaimed += size
         self.report.orphans_removed += removed
         self.say(f"gc: uploads: {self.verb} {_count(removed, 'orphan segment')}")
+
+    # -- (a') quarantined manifests -----------------------------------------------------
+    async def quarantined(self, cutoff: dt.datetime) -> None:
+        """Delete untagged QUARANTINED manifests pushed before ``cutoff`` that no other
+        manifest of the repository lists (index children stay with their index).
+        """
+        self.say(f"gc: quarantine: dropping untagged quarantined manifests pushed before "
+                 f"{_iso(cutoff)}")
+        removed, last = 0, 0
+        while True:
+            q = (select(Manifest.id).where(_collectable_quarantined(cutoff), Manifest.id > last)
+                 .order_by(Manifest.id).limit(self.batch))
+            async with self.store.read() as s:
+                ids = [int(i) for i in (await s.execute(q)).scalars()]
+            if not ids:
+                break
+            last = ids[-1]
+            for mid in ids:
+                if self.dry or await self._drop_quarantined(mid, cutoff):
+                    removed += 1
+        self.report.manifests_removed += removed
+        self.say(f"gc: quarantine: {self.verb} {_count(removed, 'quarantined manifest')}")
+
+    async def _drop_quarantined(self, mid: int, cutoff: dt.datetime) -> bool:
+        async with self.store.tx() as s:
+            # re-checked under the write lock: a tag written or a signature that made the
+            # digest trusted since the scan wins
+            row = (await s.execute(select(Manifest.repository_id, Manifest.digest).where(
+                Manifest.id == mid, _collectable_quarantined(cutoff)))).first()
+            if row is None:
+                return False
+            await s.execute(delete(ManifestReference).where(ManifestReference.manifest_id == mid))
+            await s.execute(delete(Manifest).where(Manifest.id == mid))
+            await s.execute(delete(TrustState).where(TrustState.repository_id == row[0],
+                                                     TrustState.digest == row[1]))
+        return True
 
     # -- (b) links ---------------------------------------------------------------------
     async def links(self) -> None:

@@ -11,13 +11,22 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select
 
-from dtr.core.hooks import RegistryEvent, TagWrite
+from dtr.core.blobs import blob_key
+from dtr.core.hooks import ManifestWrite, MayPush, RegistryEvent, TagWrite
 from dtr.core.manifest import ParsedManifest, parse_manifest
 from dtr.core.reference import Digest, check_tag, digest_of, is_digest_reference
-from dtr.core.store import Store, ensure_repo, for_dialect, per_dialect, repo_id
+from dtr.core.store import (
+    Store,
+    ensure_repo,
+    for_dialect,
+    per_dialect,
+    repo_id,
+    storage_guard,
+)
 from dtr.db.base import utcnow
 from dtr.db.models import Blob, Manifest, ManifestReference, RepositoryBlob, Tag
 from dtr.errors import (
+    Denied,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestTooLarge,
@@ -26,6 +35,7 @@ from dtr.errors import (
     Unavailable,
     Unsupported,
 )
+from dtr.storage.base import PathNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +62,17 @@ class ManifestService:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def get(self, repository: str, reference: str) -> ManifestRecord:
-        """The manifest a tag or digest names.
+    async def get(self, repository: str, reference: str,
+                  may_push: MayPush | None = None) -> ManifestRecord:
+        """The manifest a tag or digest names, if the read gate lets the caller have it.
+
+        ``may_push`` answers whether the caller may push to ``repository`` (the read gate
+        lets pushers read quarantined digests); None means the caller may.
 
         Raises:
             ManifestUnknown: no such manifest or tag (or repository).
             DigestInvalid, TagInvalid: malformed reference.
+            Denied: the read gate refused (quarantined or revoked digest).
         """
         by_digest = is_digest_reference(reference)
         if by_digest:
@@ -68,7 +83,22 @@ class ManifestService:
         if row is None:
             raise ManifestUnknown(f"manifest {reference} is not known to {repository}",
                                   {"reference": reference})
+        await self.store.hooks.reads.check_read(repository, reference, row[0],
+                                                 may_push or _yes)
         return ManifestRecord(row[0], row[1], row[2])
+
+    async def read_blob(self, digest: str) -> bytes:
+        """The bytes of a stored blob (small ones: signature payloads and envelopes).
+
+        Raises:
+            KeyError: no such blob.
+            Unavailable: object storage failed.
+        """
+        try:
+            with storage_guard():
+                return await self.store.storage.get_bytes(blob_key(digest))
+        except (PathNotFound, DigestInvalid):
+            raise KeyError(digest) from None
 
     async def put(self, repository: str, reference: str, content_type: str | None,
                   body: bytes, extra_tags: Sequence[str] = ()) -> PutResult:
@@ -80,7 +110,8 @@ class ManifestService:
 
         Raises:
             ManifestTooLarge, ManifestInvalid, DigestInvalid, TagInvalid, TooManyTags,
-            ManifestBlobUnknown, Denied (push gate).
+            ManifestBlobUnknown, Denied (push gate; the denial is recorded through
+            the event sinks in a transaction of its own, since the push's is rolled back).
         """
         if len(body) > self.store.limits.max_manifest_bytes:
             raise ManifestTooLarge(
@@ -101,6 +132,10 @@ class ManifestService:
         tags = list(dict.fromkeys(tags))
         subject = str(parsed.subject.digest) if parsed.subject else None
         hooks = self.store.hooks
+        write = ManifestWrite(repository, digest, parsed.media_type, parsed.artifact_type,
+                              subject, body, tuple(tags),
+                              tuple(dict.fromkeys(str(d) for d in parsed.manifests)))
+        prepared = await hooks.observer.prepare(write, self.read_blob)
 
         def put(s: Connection) -> None:
             rid = ensure_repo(s, repository)
@@ -109,13 +144,23 @@ class ManifestService:
             hooks.emit(s, RegistryEvent("manifest.pushed", repository, digest,
                                         detail={"media_type": parsed.media_type,
                                                 "size": len(body)}))
+            hooks.observer.stored(s, write, prepared)
             for tag in tags:
                 hooks.gate.check_tag_write(s, TagWrite(
                     repository, tag, digest, parsed.media_type, parsed.artifact_type, subject))
                 _write_tag(s, rid, tag, mid)
                 hooks.emit(s, RegistryEvent("tag.written", repository, digest, tag))
 
-        await self.store.run(put)
+        try:
+            await self.store.run(put)
+        except Denied as denied:
+            if hooks.sinks:
+                detail = denied.detail if isinstance(denied.detail, dict) else {}
+                event = RegistryEvent("tag.denied", repository, digest,
+                                      detail.get("tag") or (tags[0] if tags else None),
+                                      {"message": denied.message, **detail})
+                await self.store.run(lambda s: hooks.emit(s, event))
+            raise
         return PutResult(digest, tags, str(parsed.subject.digest) if parsed.subject else None)
 
     async def delete(self, repository: str, reference: str) -> None:
@@ -139,16 +184,18 @@ class ManifestService:
             if by_digest:
                 # Lock the manifest row before its tags, the order a push takes them in
                 # (manifest, then tag): the opposite order deadlocks against a push.
-                mid = s.execute(select(Manifest.id).where(
+                found = s.execute(select(Manifest.id, Manifest.subject_digest).where(
                     Manifest.repository_id == rid, Manifest.digest == reference)
-                    .with_for_update()).scalar()
-                if mid is None:
+                    .with_for_update()).first()
+                if found is None:
                     raise ManifestUnknown(f"manifest {reference} is not known",
                                           {"reference": reference})
+                mid, subject = found
                 s.execute(delete(Tag).where(Tag.manifest_id == mid))
                 s.execute(delete(ManifestReference).where(ManifestReference.manifest_id == mid))
                 s.execute(delete(Manifest).where(Manifest.id == mid))
                 hooks.emit(s, RegistryEvent("manifest.deleted", repository, reference))
+                hooks.observer.deleted(s, repository, reference, subject)
             else:
                 res = s.execute(delete(Tag).where(Tag.repository_id == rid,
                                                   Tag.name == reference))
@@ -158,6 +205,10 @@ class ManifestService:
                 hooks.emit(s, RegistryEvent("tag.deleted", repository, tag=reference))
 
         await self.store.run(delete_)
+
+
+async def _yes() -> bool:
+    return True
 
 
 # Hot-path statements of a manifest PUT, built once and executed with bound parameters

@@ -316,3 +316,120 @@ class FederationTrust(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_federation_trust_issuer", "issuer"),)
+
+
+# -- the signing gate (signing.md §8) -----------------------------------------------------
+class SigningPolicy(Base):
+    """A trust policy: repositories matching ``pattern`` (``*`` one segment, ``**`` any)
+    are ``protected`` by it. ``mode`` is ``enforce`` or ``audit``; ``formats`` is a JSON
+    list of accepted signature formats; ``source`` is ``config`` (seeded from the settings
+    file) or ``api``; ``version`` counts edits of this policy.
+    """
+
+    __tablename__ = "signing_policy"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    pattern: Mapped[str] = mapped_column(String(NAME_LEN))
+    protected: Mapped[bool] = mapped_column(Boolean, default=True)
+    mode: Mapped[str] = mapped_column(String(16), default="enforce")
+    min_signatures: Mapped[int] = mapped_column(Integer, default=1)
+    require_children_signed: Mapped[bool] = mapped_column(Boolean, default=False)
+    formats: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    version: Mapped[int] = mapped_column(BigInteger, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SigningKey(Base):
+    """A trusted cosign public key of a policy; ``key_id`` = hex SHA-256 of the DER SPKI.
+    ``status`` is ``active``, ``retired`` (signatures first verified before ``retired_at``
+    keep counting) or ``revoked`` (none count).
+    """
+
+    __tablename__ = "signing_key"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("signing_policy.id", ondelete="CASCADE"))
+    key_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    pem: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    valid_from: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (UniqueConstraint("policy_id", "key_id", name="uq_signing_key_policy_key"),
+                      Index("ix_signing_key_key_id", "key_id"))
+
+
+class SigningTrustStore(Base):
+    """A notation trust store of a policy: X.509 roots (``roots_pem``, concatenated PEM)
+    and the trusted identities (JSON list of ``x509.subject: …`` strings or ``*``).
+    """
+
+    __tablename__ = "signing_trust_store"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("signing_policy.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    roots_pem: Mapped[str] = mapped_column(Text)
+    identities: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("policy_id", "name", name="uq_signing_trust_store_name"),)
+
+
+class SignatureRecord(Base):
+    """One signature (of a signature manifest) offered for ``subject_digest`` in a
+    repository, and its verdict: ``valid`` = cryptographically valid for a key / identity
+    of the policy (``signer`` = key id or certificate subject); the key's status decides
+    whether it counts. ``first_verified_at`` is the registry's receipt time (the
+    retired-key rule); ``policy_version`` is the global version the verdict was made under.
+    """
+
+    __tablename__ = "signing_signature"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"))
+    subject_digest: Mapped[str] = mapped_column(String(DIGEST_LEN))
+    signature_digest: Mapped[str] = mapped_column(String(DIGEST_LEN))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    signer: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    valid: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    policy_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_verified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("repository_id", "signature_digest", "subject_digest", "position",
+                         name="uq_signing_signature"),
+        Index("ix_signing_signature_subject", "repository_id", "subject_digest"),
+        Index("ix_signing_signature_signer", "signer"),
+    )
+
+
+class TrustState(Base):
+    """The gate's state of a manifest digest in a repository: ``QUARANTINED``,
+    ``TRUSTED`` (``via`` = ``direct`` or the trusted index it inherits from) or
+    ``REVOKED`` (was trusted, lost its qualifying signatures). No foreign key to
+    ``manifest``: a legacy signature may arrive before its image (sign before push).
+    """
+
+    __tablename__ = "signing_trust"
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(DIGEST_LEN), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    via: Mapped[str | None] = mapped_column(String(DIGEST_LEN), nullable=True)
+    policy_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SigningState(Base):
+    """One row (id 1): the global signing-policy version, bumped by every policy edit."""
+
+    __tablename__ = "signing_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

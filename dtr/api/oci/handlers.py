@@ -280,7 +280,11 @@ async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     """``GET``/``HEAD /v2/<name>/manifests/<reference>``: the exact stored bytes."""
     name, reference = p["name"], p["reference"]
     await ctx.access.require(request, name, ("pull",))
-    m = await ctx.registry.manifests.get(name, reference)
+
+    async def may_push() -> bool:
+        return await ctx.access.may_push(request, name)
+
+    m = await ctx.registry.manifests.get(name, reference, may_push)
     headers = {"Docker-Content-Digest": m.digest, "ETag": f'"{m.digest}"',
                "Content-Length": str(len(m.content))}
     inm = request.headers.get("if-none-match")

@@ -54,6 +54,15 @@ class AccessControl(Protocol):
         """
         ...
 
+    async def may_push(self, request: Req, repository: str) -> bool:
+        """True if the caller may push to ``repository`` per the live policy (whatever
+        the token's own access list says: signers read with pull-only tokens).
+
+        Only valid after ``require`` has accepted the same request. The signing gate asks
+        this before serving a quarantined manifest; never decided by User-Agent.
+        """
+        ...
+
 
 class Challenge(Unauthorized):
     """A 401 with the ``WWW-Authenticate`` value the client needs to get a token."""
@@ -73,6 +82,10 @@ class OpenAccess:
 
     def may_pull(self, request: Req, repository: str) -> bool:
         """Allow."""
+        return True
+
+    async def may_push(self, request: Req, repository: str) -> bool:
+        """Allow (an open registry treats everyone as a pusher)."""
         return True
 
 
@@ -161,6 +174,21 @@ class TokenAccess:
                                                              "pull"):
             return False
         return self.security.policy.allowed(principal.subject, repository, "pull")
+
+    async def may_push(self, request: Req, repository: str) -> bool:
+        """Push on ``repository`` by the live policy, narrowed by the token's personal
+        access token scopes, for a still-valid account.
+        """
+        claims: Claims | None = request.scope.get("state", {}).get(CLAIMS_KEY)
+        if claims is None:
+            return False
+        principal: Principal = claims.principal()
+        if principal.scopes is not None and not scope_allows(principal.scopes, repository,
+                                                             "push"):
+            return False
+        if not await self.security.credentials.still_valid(principal):
+            return False
+        return self.security.policy.allowed(principal.subject, repository, "push")
 
 
 def _scope(repository: str | None, actions: tuple[str, ...]) -> str | None:

@@ -1,0 +1,452 @@
+"""Trust policies of the signing gate (``signing.md`` §8.1): which repositories are
+protected, in which mode, by which cosign keys and notation trust stores, with how many
+distinct signers — stored as rows, versioned, and loaded into immutable ``PolicySet`` values.
+
+Edits are plain functions of a synchronous ``Connection`` (one transaction each, composed
+by the caller); every edit bumps the policy's own ``version`` and the global signing
+version (``signing_state``, the cache key of every replica) and emits an event through the
+``EventSink`` seam (``emit``). ``PolicyService`` runs them as transactions. Key revocation
+recomputes every affected digest in the same transaction (``dtr.signing.trust``).
+
+Repository patterns are RBAC-style globs: ``*`` matches one path segment, ``**`` any
+number of segments (``prod/**`` covers ``prod/app`` and ``prod/a/b``). When several
+protected policies cover a repository, the most specific one (fewest wildcards, longest
+pattern, then name) governs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from dtr.core.hooks import RegistryEvent
+from dtr.db.base import utcnow
+from dtr.db.database import Database
+from dtr.db.models import SigningKey, SigningPolicy, SigningState, SigningTrustStore
+from dtr.signing.keys import KeyMaterialError, TrustedKey, TrustStore
+from dtr.signing.notation import NotationPolicy, TrustedIdentity
+from dtr.signing.verdict import Format
+from dtr.signing.verify import TrustMaterial
+
+Emit = Callable[[Connection, RegistryEvent], None]
+Mode = Literal["enforce", "audit"]
+KeyStatus = Literal["active", "retired", "revoked"]
+ALL_FORMATS: tuple[str, ...] = tuple(f.value for f in Format)
+#: Shorthands accepted in ``formats``: a tool name means all of its formats.
+FORMAT_ALIASES = {"cosign": ("cosign-legacy", "cosign-oci11", "cosign-bundle"),
+                  "notation": ("notation-jws", "notation-cose")}
+
+
+class PolicyError(ValueError):
+    """A policy definition is invalid (the message names the field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """A cosign public key to trust (PEM SubjectPublicKeyInfo)."""
+
+    pem: str
+    name: str | None = None
+    status: KeyStatus = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustStoreSpec:
+    """A notation trust store: root certificates (PEM) and the identities trusted."""
+
+    name: str
+    roots_pem: str
+    identities: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """A policy as an administrator (or the settings file) writes it."""
+
+    name: str
+    pattern: str
+    protected: bool = True
+    mode: Mode = "enforce"
+    min_signatures: int = 1
+    require_children_signed: bool = False
+    formats: tuple[str, ...] = ALL_FORMATS
+    keys: tuple[KeySpec, ...] = ()
+    trust_stores: tuple[TrustStoreSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedKey:
+    """A stored key with its lifecycle."""
+
+    key_id: str
+    status: str
+    retired_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    trusted: TrustedKey | None
+    """``None`` when the stored PEM no longer parses (the policy is then broken)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    """A policy ready for decisions (immutable; rebuilt when the version changes)."""
+
+    id: int
+    name: str
+    pattern: str
+    protected: bool
+    mode: str
+    min_signatures: int
+    require_children_signed: bool
+    formats: tuple[str, ...]
+    version: int
+    keys: dict[str, LoadedKey]
+    notation: tuple[NotationPolicy, ...]
+    broken: str | None = None
+    """Why the policy cannot be used (a key or trust store does not load): fail closed."""
+
+    @property
+    def material(self) -> TrustMaterial:
+        """Every key (revoked ones too: a verdict names its signer, the key's status then
+        decides whether it counts) and every notation trust store of the policy.
+        """
+        return TrustMaterial(
+            cosign_keys=tuple(k.trusted for k in self.keys.values() if k.trusted is not None),
+            notation=self.notation)
+
+    @property
+    def accepted_formats(self) -> list[str]:
+        """Tool names (``cosign``, ``notation``) the policy accepts, for messages."""
+        return [tool for tool, fmts in FORMAT_ALIASES.items()
+                if any(f in self.formats for f in fmts)]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every policy at one global signing version."""
+
+    version: int
+    policies: tuple[LoadedPolicy, ...] = ()
+    loaded_at: float = field(default_factory=time.monotonic)
+
+    def covering(self, repository: str) -> LoadedPolicy | None:
+        """The protected policy governing ``repository``, or None (unprotected)."""
+        for policy in self.policies:
+            if policy.protected and pattern_matches(policy.pattern, repository):
+                return policy
+        return None
+
+
+@lru_cache(maxsize=256)
+def _pattern_re(pattern: str) -> re.Pattern[str]:
+    out = []
+    for i, segment in enumerate(pattern.split("/")):
+        sep = "/" if i else ""
+        if segment == "**":
+            out.append("(?:/[^/]+)*" if i else "(?:[^/]+(?:/[^/]+)*)?")
+        else:
+            out.append(sep + "[^/]*".join(re.escape(p) for p in segment.split("*")))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def pattern_matches(pattern: str, repository: str) -> bool:
+    """True if the glob ``pattern`` covers ``repository`` (``*`` one segment, ``**`` any)."""
+    return bool(_pattern_re(pattern).match(repository))
+
+
+def _specificity(policy: LoadedPolicy) -> tuple[int, int, str]:
+    return (policy.pattern.count("*"), -len(policy.pattern), policy.name)
+
+
+def normalise_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """Expand ``cosign``/``notation`` shorthands; refuse unknown formats."""
+    out: list[str] = []
+    for name in formats:
+        for f in FORMAT_ALIASES.get(name, (name,)):
+            if f not in ALL_FORMATS:
+                raise PolicyError(f"formats: unknown signature format {name!r} (use "
+                                  f"{', '.join([*FORMAT_ALIASES, *ALL_FORMATS])})")
+            if f not in out:
+                out.append(f)
+    if not out:
+        raise PolicyError("formats: accept at least one signature format")
+    return tuple(out)
+
+
+def check_spec(spec: PolicySpec) -> None:
+    """Validate a policy definition (parses every key, root and identity).
+
+    Raises:
+        PolicyError: the first invalid field.
+    """
+    if not spec.name or len(spec.name) > 255:
+        raise PolicyError("name: required, at most 255 characters")
+    if not spec.pattern or not re.fullmatch(r"[a-z0-9._/*-]+", spec.pattern):
+        raise PolicyError(f"pattern: {spec.pattern!r} is not a repository glob")
+    if spec.mode not in ("enforce", "audit"):
+        raise PolicyError("mode: enforce or audit")
+    if spec.min_signatures < 1:
+        raise PolicyError("min_signatures: at least 1")
+    normalise_formats(spec.formats)
+    for key in spec.keys:
+        if key.status not in ("active", "retired", "revoked"):
+            raise PolicyError(f"keys: unknown status {key.status!r}")
+        try:
+            TrustedKey.from_pem(key.pem)
+        except KeyMaterialError as exc:
+            raise PolicyError(f"keys: {exc}") from None
+    for store in spec.trust_stores:
+        try:
+            TrustStore.from_pem(store.name, [store.roots_pem])
+            for identity in store.identities:
+                TrustedIdentity.parse(identity)
+        except ValueError as exc:
+            raise PolicyError(f"trust_stores.{store.name}: {exc}") from None
+
+
+# -- the global version ---------------------------------------------------------------------
+def current_version(conn: Connection) -> int:
+    """The global signing-policy version (0 before any policy was written)."""
+    return int(conn.execute(select(SigningState.version).where(SigningState.id == 1))
+               .scalar() or 0)
+
+
+def bump_version(conn: Connection) -> int:
+    """Increment the global version (creating its row) and return the new value."""
+    now = utcnow()
+    res = conn.execute(update(SigningState).where(SigningState.id == 1)
+                       .values(version=SigningState.version + 1, updated_at=now))
+    if not res.rowcount:
+        conn.execute(insert(SigningState).values(id=1, version=1, updated_at=now))
+    return current_version(conn)
+
+
+# -- loading --------------------------------------------------------------------------------
+def load(conn: Connection) -> PolicySet:
+    """Every policy, parsed, at the current global version."""
+    version = current_version(conn)
+    keys: dict[int, list[Any]] = {}
+    for row in conn.execute(SigningKey.__table__.select()).all():
+        keys.setdefault(row.policy_id, []).append(row)
+    stores: dict[int, list[Any]] = {}
+    for row in conn.execute(SigningTrustStore.__table__.select()).all():
+        stores.setdefault(row.policy_id, []).append(row)
+    policies = [_loaded(row, keys.get(row.id, []), stores.get(row.id, []))
+                for row in conn.execute(SigningPolicy.__table__.select()).all()]
+    return PolicySet(version, tuple(sorted(policies, key=_specificity)))
+
+
+def _loaded(row: Any, keys: list[Any], stores: list[Any]) -> LoadedPolicy:
+    broken: str | None = None
+    loaded: dict[str, LoadedKey] = {}
+    for key in keys:
+        trusted: TrustedKey | None = None
+        try:
+            trusted = TrustedKey.from_pem(key.pem)
+        except KeyMaterialError as exc:
+            broken = f"key {key.key_id}: {exc}"
+        loaded[key.key_id] = LoadedKey(key.key_id, key.status, key.retired_at,
+                                       key.revoked_at, trusted)
+    notation: list[NotationPolicy] = []
+    for store in stores:
+        try:
+            notation.append(NotationPolicy(
+                store.name, (TrustStore.from_pem(store.name, [store.roots_pem]),),
+                tuple(TrustedIdentity.parse(i) for i in json.loads(store.identities))))
+        except ValueError as exc:
+            broken = f"trust store {store.name}: {exc}"
+    try:
+        formats = normalise_formats(json.loads(row.formats))
+    except (ValueError, TypeError) as exc:
+        broken, formats = f"formats: {exc}", ()
+    return LoadedPolicy(row.id, row.name, row.pattern, row.protected, row.mode,
+                        row.min_signatures, row.require_children_signed, formats,
+                        row.version, loaded, tuple(notation), broken)
+
+
+# -- edits ----------------------------------------------------------------------------------
+def upsert_policy(conn: Connection, spec: PolicySpec, emit: Emit, *, source: str = "api",
+                  actor: str = "") -> int:
+    """Create or replace the policy ``spec.name`` (keys and trust stores included) and
+    return its id. Keys already stored keep their lifecycle timestamps; a key whose status
+    changes goes through :func:`set_key_status` (revocation recomputes trust). Keys and
+    stores missing from ``spec`` are removed. With ``source="config"`` a revoked key stays
+    revoked whatever the settings file says (revocation is never undone by a restart).
+
+    Raises:
+        PolicyError: invalid definition.
+    """
+    check_spec(spec)
+    now = utcnow()
+    values = {"pattern": spec.pattern, "protected": spec.protected, "mode": spec.mode,
+              "min_signatures": spec.min_signatures,
+              "require_children_signed": spec.require_children_signed,
+              "formats": json.dumps(list(normalise_formats(spec.formats))),
+              "source": source, "updated_at": now}
+    existing = conn.execute(select(SigningPolicy.id, SigningPolicy.version)
+                            .where(SigningPolicy.name == spec.name)).first()
+    if existing is None:
+        pid = int(conn.execute(insert(SigningPolicy).values(
+            name=spec.name, version=1, created_at=now, **values)
+            .returning(SigningPolicy.id)).scalar_one())
+        action = "policy.created"
+    else:
+        pid = int(existing[0])
+        conn.execute(update(SigningPolicy).where(SigningPolicy.id == pid)
+                     .values(version=SigningPolicy.version + 1, **values))
+        action = "policy.updated"
+    stored = {r.key_id: r for r in conn.execute(
+        SigningKey.__table__.select().where(SigningKey.policy_id == pid)).all()}
+    wanted: dict[str, KeySpec] = {}
+    for key in spec.keys:
+        wanted[TrustedKey.from_pem(key.pem).id] = key
+    for kid in set(stored) - set(wanted):
+        conn.execute(delete(SigningKey).where(SigningKey.policy_id == pid,
+                                              SigningKey.key_id == kid))
+    for kid, key in wanted.items():
+        if kid not in stored:
+            conn.execute(insert(SigningKey).values(
+                policy_id=pid, key_id=kid, name=key.name, pem=key.pem, status="active",
+                valid_from=now))
+    conn.execute(delete(SigningTrustStore).where(SigningTrustStore.policy_id == pid))
+    for store in spec.trust_stores:
+        conn.execute(insert(SigningTrustStore).values(
+            policy_id=pid, name=store.name, roots_pem=store.roots_pem,
+            identities=json.dumps(list(store.identities)), created_at=now))
+    version = bump_version(conn)
+    emit(conn, RegistryEvent(action, spec.pattern, detail={
+        "policy": spec.name, "policyVersion": version, "source": source, "actor": actor,
+        "mode": spec.mode, "protected": spec.protected, "keys": sorted(wanted)}))
+    for kid, key in wanted.items():
+        current = stored[kid].status if kid in stored else "active"
+        if current == "revoked" and source == "config":
+            continue  # revocation is sticky: a restart with an old settings file never undoes it
+        if key.status != current:
+            set_key_status(conn, spec.name, kid, key.status, emit, actor=actor)
+    return pid
+
+
+def delete_policy(conn: Connection, name: str, emit: Emit, *, actor: str = "") -> bool:
+    """Remove the policy ``name`` (its keys and stores go with it); False if unknown."""
+    res = conn.execute(delete(SigningPolicy).where(SigningPolicy.name == name))
+    if not res.rowcount:
+        return False
+    version = bump_version(conn)
+    emit(conn, RegistryEvent("policy.deleted", "", detail={
+        "policy": name, "policyVersion": version, "actor": actor}))
+    return True
+
+
+def set_key_status(conn: Connection, policy: str, key_id: str, status: KeyStatus,
+                   emit: Emit, *, actor: str = "", now: dt.datetime | None = None,
+                   ) -> list[str]:
+    """Move a key of ``policy`` to ``status`` and recompute, in this transaction, the
+    trust state of every digest one of its signatures counted for (``retired``: only
+    signatures first verified before now keep counting; ``revoked``: none do).
+
+    Returns:
+        the digests (``<repository>@<digest>``) whose state changed.
+
+    Raises:
+        PolicyError: unknown policy or key, or an invalid status.
+    """
+    from dtr.signing.trust import recompute_signer  # noqa: PLC0415 - trust imports us
+
+    if status not in ("active", "retired", "revoked"):
+        raise PolicyError(f"status: unknown key status {status!r}")
+    when = now or utcnow()
+    pid = conn.execute(select(SigningPolicy.id).where(SigningPolicy.name == policy)).scalar()
+    if pid is None:
+        raise PolicyError(f"no signing policy named {policy!r}")
+    values: dict[str, object] = {"status": status}
+    if status == "retired":
+        values["retired_at"] = when
+    elif status == "revoked":
+        values["revoked_at"] = when
+    else:
+        values.update(retired_at=None, revoked_at=None)
+    res = conn.execute(update(SigningKey).where(SigningKey.policy_id == pid,
+                                                SigningKey.key_id == key_id).values(**values))
+    if not res.rowcount:
+        raise PolicyError(f"policy {policy!r} has no key {key_id}")
+    conn.execute(update(SigningPolicy).where(SigningPolicy.id == pid)
+                 .values(version=SigningPolicy.version + 1, updated_at=when))
+    version = bump_version(conn)
+    action = {"revoked": "key.revoked", "retired": "key.rotated"}.get(status, "key.activated")
+    emit(conn, RegistryEvent(action, "", detail={
+        "policy": policy, "policyVersion": version, "keyId": key_id, "status": status,
+        "actor": actor}))
+    return recompute_signer(conn, load(conn), key_id, emit)
+
+
+class PolicyService:
+    """The policy edits as transactions (the admin API and CLI of a later slice, the
+    settings-file seeding at startup, and tests use this).
+    """
+
+    def __init__(self, db: Database, emit: Emit) -> None:
+        """Edits run on ``db``; events go to ``emit`` (``Hooks.emit``)."""
+        self.db = db
+        self._emit = emit
+
+    async def upsert(self, spec: PolicySpec, *, source: str = "api", actor: str = "") -> int:
+        """See :func:`upsert_policy`."""
+        return await self.db.run(
+            lambda c: upsert_policy(c, spec, self._emit, source=source, actor=actor))
+
+    async def delete(self, name: str, *, actor: str = "") -> bool:
+        """See :func:`delete_policy`."""
+        return await self.db.run(lambda c: delete_policy(c, name, self._emit, actor=actor))
+
+    async def set_key_status(self, policy: str, key_id: str, status: KeyStatus, *,
+                             actor: str = "") -> list[str]:
+        """See :func:`set_key_status`."""
+        return await self.db.run(lambda c: set_key_status(c, policy, key_id, status,
+                                                          self._emit, actor=actor))
+
+    async def seed(self, specs: Sequence[PolicySpec]) -> None:
+        """Upsert the settings file's policies (marked ``source=config``), idempotently:
+        a policy whose stored definition already equals its spec is not touched (no
+        version bump, no event).
+        """
+        def tx(conn: Connection) -> None:
+            for spec in specs:
+                if not _same(conn, spec):
+                    upsert_policy(conn, spec, self._emit, source="config", actor="config")
+
+        await self.db.run(tx)
+
+    async def load(self) -> PolicySet:
+        """The current policies."""
+        return await self.db.run(load, write=False)
+
+
+def _same(conn: Connection, spec: PolicySpec) -> bool:
+    """True if the stored policy ``spec.name`` already says exactly what ``spec`` says."""
+    p = conn.execute(SigningPolicy.__table__.select()
+                     .where(SigningPolicy.name == spec.name)).first()
+    if p is None:
+        return False
+    head = (p.pattern, p.protected, p.mode, p.min_signatures, p.require_children_signed,
+            json.loads(p.formats), p.source)
+    if head != (spec.pattern, spec.protected, spec.mode, spec.min_signatures,
+                spec.require_children_signed, list(normalise_formats(spec.formats)), "config"):
+        return False
+    keys = {(r.key_id, r.status) for r in conn.execute(
+        select(SigningKey.key_id, SigningKey.status).where(SigningKey.policy_id == p.id))}
+    revoked = {kid for kid, status in keys if status == "revoked"}
+    want = {(kid, "revoked" if kid in revoked else k.status)
+            for k in spec.keys for kid in [TrustedKey.from_pem(k.pem).id]}
+    stores = {(r.name, r.roots_pem, r.identities) for r in conn.execute(
+        select(SigningTrustStore.name, SigningTrustStore.roots_pem,
+               SigningTrustStore.identities).where(SigningTrustStore.policy_id == p.id))}
+    want_stores = {(s.name, s.roots_pem, json.dumps(list(s.identities)))
+                   for s in spec.trust_stores}
+    return keys == want and stores == want_stores

@@ -1,0 +1,237 @@
+"""The signing gate against the REAL clients (cosign v3, notation v1.3.2, crane, skopeo) and a
+live dtr whose protected repository ``prod/**`` is configured through the settings file
+(``signing.policies``: two trusted cosign keys and a notation trust store).
+
+Flows that must work (``signing.md`` §8.8): push by digest → ``cosign sign`` (v3 bundle) →
+``crane tag``; the same with ``notation sign``; sign before push with legacy cosign, then
+``skopeo copy`` to the tag. Refusals: an unsigned ``skopeo copy`` to a tag (the client prints
+the gate's message), a signature by an untrusted key, a valid signature over another digest,
+a ``cosign attest`` offered as a signature, and tag pulls after the key was revoked
+(``SIGNATURE_REVOKED``). After acceptance ``cosign verify`` and ``notation verify`` succeed
+against dtr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dtr.app import build_registry, close_registry, signing_service
+from dtr.config import load_settings
+from dtr.signing.keys import TrustedKey
+from tests.e2e.test_signing_recipes import (  # noqa: F401 - fixtures
+    OFFLINE,
+    Tools,
+    cosign_keys,
+    sentinel,
+    tools,
+)
+from tests.support.peers import DtrServer, dtr_server, peer
+
+pytestmark = pytest.mark.e2e
+PROD = "prod/app"
+
+
+class Gate:
+    """The live gated server and what the tests need to sign for it."""
+
+    def __init__(self, server: DtrServer, tools: Tools,  # noqa: F811
+                 keys: dict[str, Path],
+                 pubs: dict[str, TrustedKey]) -> None:
+        self.server = server
+        self.tools = tools
+        self.keys = keys
+        self.pubs = pubs
+
+    @property
+    def reg(self) -> str:
+        return self.server.addr
+
+    def run(self, tool: str, *args: str, check: bool = True) -> tuple[int, str]:
+        proc = self.tools.client.run_any([_peer(tool), *args], cwd=self.tools.home,
+                                         check=check)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def skopeo(self, *args: str) -> tuple[int, str]:
+        proc = self.tools.client.run_any([*self.tools.client.skopeo_argv(), *args],
+                                         cwd=self.tools.home)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def staged(self, name: str) -> str:
+        """A fresh image pushed (by tag) to the unprotected ``staging/app``; its digest."""
+        work = self.tools.home / f"gate-img-{name}"
+        work.mkdir()
+        (work / "hello.txt").write_text(f"gate {name} {os.urandom(8).hex()}\n")
+        self.tools.client.run_any(["tar", "-cf", str(work / "layer.tar"), "-C", str(work),
+                                   "hello.txt"], check=True)
+        self.run("crane", "append", "--oci-empty-base", "-f", str(work / "layer.tar"),
+                 "-t", f"{self.reg}/staging/app:{name}")
+        return self.run("crane", "digest", f"{self.reg}/staging/app:{name}")[1].strip()
+
+    def to_prod(self, name: str) -> str:
+        """Stage an image and copy it into ``prod/app`` by digest (quarantined)."""
+        digest = self.staged(name)
+        self.run("crane", "copy", f"{self.reg}/staging/app:{name}",
+                 f"{self.reg}/{PROD}@{digest}")
+        return digest
+
+    def tag(self, digest: str, tag: str) -> tuple[int, str]:
+        return self.run("crane", "tag", f"{self.reg}/{PROD}@{digest}", tag, check=False)
+
+
+def _peer(tool: str) -> str:
+    return peer(tool)
+
+
+@pytest.fixture(scope="module")
+def gate(tools: Tools,  # noqa: F811 - the imported fixture
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+    keys: dict[str, Path] = {}
+    pubs: dict[str, TrustedKey] = {}
+    for name in ("trusted", "revocable", "other"):
+        keys[name], pubs[name] = cosign_keys(tools, f"gate-{name}")
+    tools.run("notation", "cert", "generate-test", "--default", "dtr-gate")
+    ca = tools.home / ".config" / "notation" / "truststore" / "x509" / "ca" / "dtr-gate"
+    [root] = list(ca.iterdir())
+    data = tmp_path_factory.mktemp("gated")
+    config = data / "dtr.yaml"
+    config.write_text(json.dumps({"signing": {"policies": [{
+        "name": "prod-signing", "repositories": "prod/**",
+        "keys": [{"pem_file": str(keys["trusted"].with_suffix(".pub")), "name": "ci"},
+                 {"pem_file": str(keys["revocable"].with_suffix(".pub")),
+                  "name": "revocable"}],
+        "trust_stores": [{"name": "dtr-gate", "roots_file": str(root),
+                          "identities": ["*"]}]}]}}))
+    with dtr_server(data, extra={"DTR_CONFIG": str(config)}) as server:
+        yield Gate(server, tools, keys, pubs)
+
+
+def sign(gate: Gate, key: str, digest: str, *extra: str) -> None:
+    gate.run("cosign", "sign", "--key", str(gate.keys[key]), *OFFLINE, *extra,
+             f"{gate.reg}/{PROD}@{digest}")
+
+
+# -- flows that work ---------------------------------------------------------------------------
+def test_cosign_v3_bundle_then_crane_tag(gate: Gate) -> None:
+    digest = gate.to_prod("v3")
+    rc, out = gate.tag(digest, "v3")
+    assert rc != 0
+    assert "signature required" in out, out
+    sign(gate, "trusted", digest)
+    rc, out = gate.tag(digest, "v3")
+    assert rc == 0, out
+    gate.run("cosign", "verify", "--key", str(gate.keys["trusted"].with_suffix(".pub")),
+             "--insecure-ignore-tlog=true", f"{gate.reg}/{PROD}:v3")
+
+
+def test_notation_sign_then_crane_tag(gate: Gate) -> None:
+    digest = gate.to_prod("notation")
+    gate.run("notation", "sign", "--insecure-registry", f"{gate.reg}/{PROD}@{digest}")
+    rc, out = gate.tag(digest, "notation")
+    assert rc == 0, out
+    policy = {"version": "1.0", "trustPolicies": [{
+        "name": "gate", "registryScopes": [f"{gate.reg}/{PROD}"],
+        "signatureVerification": {"level": "strict"},
+        "trustStores": ["ca:dtr-gate"], "trustedIdentities": ["*"]}]}
+    policy_file = gate.tools.home / "gate-trustpolicy.json"
+    policy_file.write_text(json.dumps(policy))
+    gate.run("notation", "policy", "import", "--force", str(policy_file))
+    gate.run("notation", "verify", "--insecure-registry", f"{gate.reg}/{PROD}:notation")
+
+
+def test_legacy_sign_before_push_then_skopeo_copy(gate: Gate) -> None:
+    digest = gate.staged("legacy")
+    # the image is not in prod/app yet: legacy cosign tolerates the 404
+    sign(gate, "trusted", digest, "--new-bundle-format=false")
+    rc, out = gate.skopeo("copy", "--preserve-digests", "--src-tls-verify=false",
+                          "--dest-tls-verify=false", f"docker://{gate.reg}/staging/app:legacy",
+                          f"docker://{gate.reg}/{PROD}:legacy")
+    assert rc == 0, out
+    rc, out = gate.run("crane", "digest", f"{gate.reg}/{PROD}:legacy")
+    assert out.strip() == digest
+
+
+# -- refusals ------------------------------------------------------------------------------------
+def test_unsigned_skopeo_copy_is_refused_with_the_message(gate: Gate) -> None:
+    gate.staged("unsigned")
+    rc, out = gate.skopeo("copy", "--preserve-digests", "--src-tls-verify=false",
+                          "--dest-tls-verify=false",
+                          f"docker://{gate.reg}/staging/app:unsigned",
+                          f"docker://{gate.reg}/{PROD}:unsigned")
+    assert rc != 0
+    assert "signature required: repository prod/app only accepts tags" in out, out
+    assert "Push by digest, sign it" in out, out
+
+
+def test_untrusted_key_refused(gate: Gate) -> None:
+    digest = gate.to_prod("untrusted")
+    sign(gate, "other", digest)
+    rc, out = gate.tag(digest, "untrusted")
+    assert rc != 0
+    assert "signature required" in out, out
+
+
+def test_signature_over_another_digest_refused(gate: Gate) -> None:
+    signed = gate.to_prod("signed-other")
+    target = gate.to_prod("target")
+    sign(gate, "trusted", signed, "--new-bundle-format=false")
+    gate.run("crane", "copy", f"{gate.reg}/{PROD}:{signed.replace(':', '-')}.sig",
+             f"{gate.reg}/{PROD}:{target.replace(':', '-')}.sig")
+    rc, out = gate.tag(target, "target")
+    assert rc != 0
+    assert "signature required" in out, out
+
+
+def test_attestation_is_not_a_signature(gate: Gate, tmp_path: Path) -> None:
+    digest = gate.to_prod("attested")
+    predicate = tmp_path / "predicate.json"
+    predicate.write_text(json.dumps({"builder": "e2e"}))
+    gate.run("cosign", "attest", "--key", str(gate.keys["trusted"]), *OFFLINE, "--predicate",
+             str(predicate), "--type", "custom", f"{gate.reg}/{PROD}@{digest}")
+    rc, out = gate.tag(digest, "attested")
+    assert rc != 0
+    assert "has no valid signature" in out, out
+
+
+def test_quarantined_reads_ignore_user_agent(gate: Gate) -> None:
+    """Auth is off here (everyone may push), so a quarantined digest is readable whatever
+    the User-Agent; the refusal for non-pushers is covered in process."""
+    digest = gate.to_prod("ua")
+    with httpx.Client(base_url=gate.server.url, timeout=30) as http:
+        for agent in ("cosign/v3.1.2", "curl/8"):
+            r = http.get(f"/v2/{PROD}/manifests/{digest}", headers={
+                "User-Agent": agent, "Accept": "application/vnd.oci.image.manifest.v1+json"})
+            assert r.status_code == 200
+
+
+def test_revoked_key_blocks_tag_pulls(gate: Gate) -> None:
+    digest = gate.to_prod("revoked")
+    sign(gate, "revocable", digest)
+    rc, out = gate.tag(digest, "revoked")
+    assert rc == 0, out
+    settings = load_settings(env=gate.server.env)
+
+    async def revoke() -> list[str]:
+        registry = build_registry(settings)
+        try:
+            return await signing_service(registry).set_key_status(
+                "prod-signing", gate.pubs["revocable"].id, "revoked")
+        finally:
+            await close_registry(registry)
+
+    assert f"{PROD}@{digest}" in asyncio.run(revoke())
+    with httpx.Client(base_url=gate.server.url, timeout=30) as http:
+        r = http.get(f"/v2/{PROD}/manifests/revoked",
+                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert r.status_code == 403, r.text
+        assert r.json()["errors"][0]["detail"]["reason"] == "SIGNATURE_REVOKED"
+    rc, out = gate.run("crane", "manifest", f"{gate.reg}/{PROD}:revoked", check=False)
+    assert rc != 0
+    assert "revoked" in out, out
+
