@@ -228,7 +228,8 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
         await close_registry(registry)
 
     handlers: list[ControllerRouterHandler] = [*build_routes(ctx, settings.registry.max_blob_bytes),
-                *build_token_routes(security), build_admin_router(security, settings.auth),
+                *build_token_routes(security),
+                build_admin_router(security, settings.auth, registry),
                 build_oidc_router(security, sso, settings.server.public_url)]
     app = Litestar(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
                    openapi_config=openapi_config(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dtr.core.blobs import BlobService
 from dtr.core.manifests import ManifestService
+from dtr.core.promotion import PromotionService
 from dtr.core.referrers import ReferrersService
 from dtr.core.store import Store
 from dtr.core.tags import TagService
@@ -22,3 +23,4 @@ class Registry:
         self.manifests = ManifestService(store)
         self.tags = TagService(store)
         self.referrers = ReferrersService(store)
+        self.promotions = PromotionService(store, self.manifests, self.blobs)

@@ -450,3 +450,190 @@ def _same(conn: Connection, spec: PolicySpec) -> bool:
     want_stores = {(s.name, s.roots_pem, json.dumps(list(s.identities)))
                    for s in spec.trust_stores}
     return keys == want and stores == want_stores
+
+
+# -- views and partial edits (the admin API and CLI) ---------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """A stored key as the admin API shows it (the PEM is a public key)."""
+
+    key_id: str
+    name: str | None
+    status: str
+    pem: str
+    valid_from: dt.datetime
+    retired_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreView:
+    """A stored notation trust store."""
+
+    name: str
+    roots_pem: str
+    identities: tuple[str, ...]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    """A stored policy with its keys and trust stores, as the admin API shows it."""
+
+    name: str
+    pattern: str
+    protected: bool
+    mode: str
+    min_signatures: int
+    require_children_signed: bool
+    formats: tuple[str, ...]
+    source: str
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    keys: tuple[KeyView, ...]
+    trust_stores: tuple[StoreView, ...]
+
+    def spec(self) -> PolicySpec:
+        """The definition this view says (for read-modify-write edits)."""
+        return PolicySpec(
+            name=self.name, pattern=self.pattern, protected=self.protected,
+            mode="audit" if self.mode == "audit" else "enforce",
+            min_signatures=self.min_signatures,
+            require_children_signed=self.require_children_signed, formats=self.formats,
+            keys=tuple(KeySpec(k.pem, k.name, _status(k.status)) for k in self.keys),
+            trust_stores=tuple(TrustStoreSpec(s.name, s.roots_pem, s.identities)
+                               for s in self.trust_stores))
+
+
+def _status(status: str) -> KeyStatus:
+    return "revoked" if status == "revoked" else "retired" if status == "retired" else "active"
+
+
+def describe(conn: Connection, name: str | None = None) -> list[PolicyView]:
+    """The stored policies (only ``name`` when given), by name."""
+    q = SigningPolicy.__table__.select().order_by(SigningPolicy.name)
+    if name is not None:
+        q = q.where(SigningPolicy.name == name)
+    rows = conn.execute(q).all()
+    ids = [r.id for r in rows]
+    keys: dict[int, list[KeyView]] = {}
+    for k in conn.execute(SigningKey.__table__.select().where(SigningKey.policy_id.in_(ids))
+                          .order_by(SigningKey.valid_from, SigningKey.id)).all():
+        keys.setdefault(k.policy_id, []).append(KeyView(
+            k.key_id, k.name, k.status, k.pem, k.valid_from, k.retired_at, k.revoked_at))
+    stores: dict[int, list[StoreView]] = {}
+    for s in conn.execute(SigningTrustStore.__table__.select()
+                          .where(SigningTrustStore.policy_id.in_(ids))
+                          .order_by(SigningTrustStore.name)).all():
+        stores.setdefault(s.policy_id, []).append(StoreView(
+            s.name, s.roots_pem, tuple(json.loads(s.identities)), s.created_at))
+    return [PolicyView(r.name, r.pattern, r.protected, r.mode, r.min_signatures,
+                       r.require_children_signed, tuple(json.loads(r.formats)), r.source,
+                       r.version, r.created_at, r.updated_at, tuple(keys.get(r.id, ())),
+                       tuple(stores.get(r.id, ()))) for r in rows]
+
+
+def tags_of(conn: Connection, refs: Sequence[str]) -> int:
+    """How many tags point at the ``<repository>@<digest>`` manifests ``refs``."""
+    from dtr.db.models import Manifest, Repository, Tag  # noqa: PLC0415 - local to this use
+
+    count = 0
+    for ref in refs:
+        repository, _, digest = ref.rpartition("@")
+        count += len(conn.execute(
+            select(Tag.name).join(Manifest, Manifest.id == Tag.manifest_id)
+            .join(Repository, Repository.id == Manifest.repository_id)
+            .where(Repository.name == repository, Manifest.digest == digest)).all())
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """What a key status change did: the policy after it, and what was recomputed."""
+
+    policy: PolicyView
+    changed: tuple[str, ...]
+    """``<repository>@<digest>`` whose trust state changed."""
+    tags: int
+    """Tags pointing at those digests."""
+
+
+class PolicyEditor:
+    """Read-modify-write edits of stored policies in one transaction each (the admin
+    API's partial updates: fields, one key, one trust store).
+
+    Args:
+        db: the metadata database.
+        emit: the event seam (``Hooks.emit``).
+    """
+
+    def __init__(self, db: Database, emit: Emit) -> None:
+        self.db = db
+        self._emit = emit
+
+    async def list(self) -> list[PolicyView]:
+        """Every stored policy, by name."""
+        return await self.db.run(describe, write=False)
+
+    async def get(self, name: str) -> PolicyView | None:
+        """The stored policy ``name``, or None."""
+        found = await self.db.run(lambda c: describe(c, name), write=False)
+        return found[0] if found else None
+
+    async def create(self, spec: PolicySpec, *, actor: str) -> PolicyView | None:
+        """Create ``spec`` (None when a policy of that name exists: nothing written).
+
+        Raises:
+            PolicyError: invalid definition.
+        """
+        def tx(conn: Connection) -> PolicyView | None:
+            if describe(conn, spec.name):
+                return None
+            upsert_policy(conn, spec, self._emit, source="api", actor=actor)
+            return describe(conn, spec.name)[0]
+
+        return await self.db.run(tx)
+
+    async def edit(self, name: str, change: Callable[[PolicySpec], PolicySpec], *,
+                   actor: str) -> PolicyView | None:
+        """Apply ``change`` to the stored definition of ``name`` and store the result (one
+        transaction; None when there is no such policy).
+
+        Raises:
+            PolicyError: the changed definition is invalid (nothing is written).
+        """
+        def tx(conn: Connection) -> PolicyView | None:
+            found = describe(conn, name)
+            if not found:
+                return None
+            from dtr.signing.trust import recompute_signer  # noqa: PLC0415 - see above
+
+            before = {k.key_id for k in found[0].keys}
+            upsert_policy(conn, change(found[0].spec()), self._emit,
+                          source=found[0].source, actor=actor)
+            after = describe(conn, name)[0]
+            for gone in sorted(before - {k.key_id for k in after.keys}):
+                recompute_signer(conn, load(conn), gone, self._emit)
+            return after
+
+        return await self.db.run(tx)
+
+    async def set_key_status(self, name: str, key_id: str, status: KeyStatus, *,
+                             actor: str) -> StatusChange:
+        """Move a key to ``status`` and recompute what it signed (see
+        :func:`set_key_status`).
+
+        Raises:
+            PolicyError: unknown policy or key, or an invalid status.
+        """
+        def tx(conn: Connection) -> StatusChange:
+            changed = set_key_status(conn, name, key_id, status, self._emit, actor=actor)
+            return StatusChange(describe(conn, name)[0], tuple(changed),
+                                tags_of(conn, changed))
+
+        return await self.db.run(tx)
+
+    async def delete(self, name: str, *, actor: str) -> bool:
+        """See :func:`delete_policy`."""
+        return await self.db.run(lambda c: delete_policy(c, name, self._emit, actor=actor))

@@ -21,9 +21,11 @@ from dtr.api.admin.access import AccessService
 from dtr.api.admin.authz import AuthzController
 from dtr.api.admin.grants import GrantController
 from dtr.api.admin.orgs import OrgController
+from dtr.api.admin.promotions import PromotionApi, PromotionController
 from dtr.api.admin.robots import OrgRobotController, SystemRobotController
 from dtr.api.admin.roles import RoleController
 from dtr.api.admin.services import AdminService
+from dtr.api.admin.signing import SigningAdmin, SigningPolicyController
 from dtr.api.admin.teams import TeamController
 from dtr.api.admin.tokens import TokenController
 from dtr.api.admin.trusts import TrustController, TrustService
@@ -31,17 +33,20 @@ from dtr.api.admin.users import MeController, UserController
 from dtr.api.context import Security
 from dtr.api.problems import exception_handlers
 from dtr.config import AuthSettings
+from dtr.core.registry import Registry
 from dtr.errors import NotFound
+from dtr.signing.policy import PolicyEditor
 
 PREFIX = "/api/v1"
 OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json"
 CONTROLLERS = [MeController, UserController, OrgController, TeamController,
                OrgRobotController, SystemRobotController, RoleController, GrantController,
-               TokenController, AuthzController, TrustController]
+               TokenController, AuthzController, TrustController, SigningPolicyController,
+               PromotionController]
 DESCRIPTION = """\
 Manage users, organizations, teams, robot accounts, roles, grants, personal access
-tokens and federation trusts (keyless CI), and ask the policy why a request is allowed or
-denied.
+tokens, federation trusts (keyless CI) and signing policies, promote signed digests between
+repositories, and ask the policy why a request is allowed or denied.
 
 Authenticate with `Authorization: Bearer <personal access token>` (`dtr login` mints one)
 or HTTP Basic (password, personal access token or robot secret). Errors are RFC 9457
@@ -64,17 +69,30 @@ def openapi_document(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return request.app.openapi_schema.to_schema()
 
 
-def build_admin_router(security: Security, auth_settings: AuthSettings) -> Router:
+def build_admin_router(security: Security, auth_settings: AuthSettings,
+                       registry: Registry) -> Router:
     """The ``/api/v1`` router: the public OpenAPI document, and the API itself behind
     authentication (then each controller's guards). Errors render as problem details.
 
     Args:
         security: the worker's auth services (principal resolution, policy, database).
         auth_settings: ``auth`` settings (org creation, robot and token lifetimes).
+        registry: the core services (signing-policy edits go through its event seam;
+            promotions through its manifest and blob services).
     """
     admin = AdminService(security, auth_settings)
     access = AccessService(security, auth_settings)
     trusts = TrustService(security)
+    hooks = registry.store.hooks
+    signing = SigningAdmin(security, PolicyEditor(registry.store.db, hooks.emit),
+                           getattr(hooks.gate, "invalidate", _nothing))
+    promotions = PromotionApi(security, registry)
+
+    def provide_signing() -> SigningAdmin:
+        return signing
+
+    def provide_promotions() -> PromotionApi:
+        return promotions
 
     def provide_admin() -> AdminService:
         return admin
@@ -91,10 +109,16 @@ def build_admin_router(security: Security, auth_settings: AuthSettings) -> Route
         dependencies={"admin": Provide(provide_admin, sync_to_thread=False),
                       "access": Provide(provide_access, sync_to_thread=False),
                       "trusts": Provide(provide_trusts, sync_to_thread=False),
+                      "signing": Provide(provide_signing, sync_to_thread=False),
+                      "promotions": Provide(provide_promotions, sync_to_thread=False),
                       "caller": Provide(guards.provide_caller)},
         security=[{"bearer": []}, {"basic": []}])
     return Router(path=PREFIX, route_handlers=[api, openapi_document],
                   exception_handlers=exception_handlers())
+
+
+def _nothing() -> None:
+    """No policy cache to drop (the gate is not the signing gate)."""
 
 
 def openapi_config() -> OpenAPIConfig:

@@ -393,6 +393,159 @@ class Trust(msgspec.Struct, kw_only=True):
     updated_at: dt.datetime
 
 
+# -- signing policies and promotion --------------------------------------------------------
+
+Mode = Literal["enforce", "audit"]
+KeyStatus = Literal["active", "retired", "revoked"]
+
+
+class SigningKeyAdd(Body):
+    """A cosign public key to trust: PEM SubjectPublicKeyInfo (ECDSA P-256/P-384,
+    Ed25519 or RSA). Its id is the hex SHA-256 of the DER key.
+    """
+
+    pem: str
+    name: str | None = None
+
+
+class TrustStoreSet(Body):
+    """A notation trust store: X.509 root certificates (concatenated PEM) and the trusted
+    identities (``x509.subject: C=US, O=Acme, CN=release`` or ``*``).
+    """
+
+    roots_pem: str
+    identities: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class TrustStoreCreate(Body):
+    """A named trust store (inside a new policy)."""
+
+    name: Name
+    roots_pem: str
+    identities: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class SigningPolicyCreate(Body):
+    """A new trust policy. ``pattern`` is a repository glob (``*`` one path segment, ``**``
+    any number); ``formats`` accepts ``cosign``/``notation`` shorthands (default: all).
+    """
+
+    name: Name
+    pattern: str
+    protected: bool = True
+    mode: Mode = "enforce"
+    min_signatures: Annotated[int, Meta(ge=1, le=64)] = 1
+    require_children_signed: bool = False
+    formats: list[str] | None = None
+    keys: list[SigningKeyAdd] = msgspec.field(default_factory=list)
+    trust_stores: list[TrustStoreCreate] = msgspec.field(default_factory=list)
+
+
+class SigningPolicyUpdate(Body):
+    """Changes to a policy; absent (null) fields stay as they are."""
+
+    pattern: str | None = None
+    protected: bool | None = None
+    mode: Mode | None = None
+    min_signatures: Annotated[int, Meta(ge=1, le=64)] | None = None
+    require_children_signed: bool | None = None
+    formats: list[str] | None = None
+
+
+class SigningKeyStatus(Body):
+    """A key's new status: ``retired`` (signatures first verified before now keep
+    counting), ``revoked`` (none count, at once) or ``active`` again.
+    """
+
+    status: KeyStatus
+
+
+class SigningKeyOut(msgspec.Struct, kw_only=True):
+    """A trusted cosign public key and its lifecycle."""
+
+    key_id: str
+    name: str | None
+    status: str
+    pem: str
+    valid_from: dt.datetime
+    retired_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class TrustStoreOut(msgspec.Struct, kw_only=True):
+    """A notation trust store."""
+
+    name: str
+    roots_pem: str
+    identities: list[str]
+    created_at: dt.datetime
+
+
+class SigningPolicy(msgspec.Struct, kw_only=True):
+    """A trust policy of the signing gate. ``version`` counts its edits; ``source`` is
+    ``config`` (the settings file owns it) or ``api``.
+    """
+
+    name: str
+    pattern: str
+    protected: bool
+    mode: str
+    min_signatures: int
+    require_children_signed: bool
+    formats: list[str]
+    source: str
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    keys: list[SigningKeyOut]
+    trust_stores: list[TrustStoreOut]
+
+
+class SigningKeyAdded(msgspec.Struct, kw_only=True):
+    """A key added to a policy (``key_id`` = hex SHA-256 of the DER key)."""
+
+    key_id: str
+    policy: SigningPolicy
+
+
+class SigningKeyChanged(msgspec.Struct, kw_only=True):
+    """A key status change and what it recomputed at once."""
+
+    key_id: str
+    status: str
+    digests_affected: int
+    tags_affected: int
+    affected: list[str]
+    """``repository@digest`` whose trust state changed."""
+    policy: SigningPolicy
+
+
+class PromotionCreate(Body):
+    """Promote ``source`` (``repository@sha256:…``) into the path's repository and point
+    ``tags`` at it.
+    """
+
+    source: str
+    tags: list[str] = msgspec.field(default_factory=list)
+
+
+class PromotionCopied(msgspec.Struct, kw_only=True):
+    """What a promotion copied."""
+
+    manifests: int
+    referrers: int
+    blobs_mounted: int
+
+
+class Promotion(msgspec.Struct, kw_only=True):
+    """A promoted digest, tagged in the target repository."""
+
+    repository: str
+    digest: str
+    tags: list[str]
+    copied: PromotionCopied
+
+
 def convert(value: Any, schema: type[S], **extra: Any) -> S:
     """Build ``schema`` from the same-named attributes of ``value`` plus ``extra`` fields.
 

@@ -341,6 +341,83 @@ case("DELETE", f"{TRUSTS}/{{name:str}}")(
     lambda w, persona: Call(f"{TRUSTS}/{_new_trust(w)}"))
 
 
+# -- signing policies and promotion --------------------------------------------------------
+
+POLICIES = f"{V1}/signing/policies"
+
+
+def _signing_key_pem() -> str:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _root_pem() -> str:
+    from tests.unit.signing.material import pki  # noqa: PLC0415 - only these cases need it
+
+    return pki().pem().decode()
+
+
+def _new_policy(w: World, *, key: bool = False, store: bool = False) -> tuple[str, str]:
+    """An API policy over ``acme/<unique>/**`` (with a key / a trust store); its name and
+    the key's id.
+    """
+    from dtr.signing import policy as sp  # noqa: PLC0415 - only these cases need it
+    from dtr.signing.keys import TrustedKey  # noqa: PLC0415
+
+    name = w.unique("policy")
+    pem = _signing_key_pem()
+    spec = sp.PolicySpec(name=name, pattern=f"acme/{name}/**",
+                         keys=(sp.KeySpec(pem),) if key else (),
+                         trust_stores=(sp.TrustStoreSpec("roots", _root_pem()),) if store
+                         else ())
+    w.write(lambda c: sp.upsert_policy(c, spec, lambda _c, _e: None))
+    return name, TrustedKey.from_pem(pem).id
+
+
+register_fixed("GET", POLICIES)
+case("POST", POLICIES)(lambda w, persona: Call(POLICIES, json={
+    "name": w.unique("policy"), "pattern": f"acme/{w.unique('p')}/**"}))
+case("GET", f"{POLICIES}/{{name:str}}")(
+    lambda w, persona: Call(f"{POLICIES}/{_new_policy(w)[0]}"))
+case("PATCH", f"{POLICIES}/{{name:str}}")(
+    lambda w, persona: Call(f"{POLICIES}/{_new_policy(w)[0]}", json={"mode": "audit"}))
+case("DELETE", f"{POLICIES}/{{name:str}}")(
+    lambda w, persona: Call(f"{POLICIES}/{_new_policy(w)[0]}"))
+case("POST", f"{POLICIES}/{{name:str}}/keys")(
+    lambda w, persona: Call(f"{POLICIES}/{_new_policy(w)[0]}/keys",
+                            json={"pem": _signing_key_pem(), "name": "release"}))
+
+
+@case("PATCH", f"{POLICIES}/{{name:str}}/keys/{{key_id:str}}")
+def _revoke_key(w: World, persona: str) -> Call:
+    name, kid = _new_policy(w, key=True)
+    return Call(f"{POLICIES}/{name}/keys/{kid}", json={"status": "revoked"})
+
+
+@case("DELETE", f"{POLICIES}/{{name:str}}/keys/{{key_id:str}}")
+def _delete_key(w: World, persona: str) -> Call:
+    name, kid = _new_policy(w, key=True)
+    return Call(f"{POLICIES}/{name}/keys/{kid}")
+
+
+case("PUT", f"{POLICIES}/{{name:str}}/trust-stores/{{store:str}}")(
+    lambda w, persona: Call(f"{POLICIES}/{_new_policy(w)[0]}/trust-stores/roots",
+                            json={"roots_pem": _root_pem(), "identities": [
+                                "x509.subject: C=US, ST=WA, O=Notary, CN=signer"]}))
+case("DELETE", f"{POLICIES}/{{name:str}}/trust-stores/{{store:str}}")(
+    lambda w, persona: Call(f"{POLICIES}/{_new_policy(w, store=True)[0]}/trust-stores/roots"))
+
+
+@case("POST", f"{V1}/repositories/{{rest:path}}")
+def _promote(w: World, persona: str) -> Call:
+    app = w.images["acme/app"]
+    return Call(f"{V1}/repositories/acme/base/promotions",
+                json={"source": f"acme/app@{app.digest}", "tags": [w.unique("promoted")]})
+
+
 # -- OIDC login (off in this world) and logout ---------------------------------------------
 
 register_fixed("GET", f"{V1}/auth/oidc")
