@@ -2,8 +2,9 @@
 pushes quarantined, signature objects verified on arrival, tag writes refused with the
 exact 403 ``DENIED`` body unless the digest is trusted, read rules, index inheritance,
 ``require_children_signed``, k-of-n, audit mode, key retirement and revocation, and the
-events of every decision. Signature objects are built with ``cryptography`` the way cosign
-builds them (``tests/unit/signing/material.py``).
+events of every decision — each test on SQLite and on PostgreSQL (``db_url``). Signature
+objects are built with ``cryptography`` the way cosign builds them
+(``tests/unit/signing/material.py``).
 """
 
 from __future__ import annotations
@@ -58,13 +59,17 @@ def policy(keys: dict[str, m.PrivateKey], **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-def gated(tmp_path: Path, keys: dict[str, m.PrivateKey], **extra: Any) -> Settings:
-    return make_settings(tmp_path, signing={"policies": [policy(keys, **extra)]})
+def gated(tmp_path: Path, db_url: str, keys: dict[str, m.PrivateKey],
+          **extra: Any) -> Settings:
+    """Settings protecting ``prod/**`` over ``db_url`` (each test runs on SQLite and on
+    PostgreSQL: the ``db_url`` fixture of ``tests/conftest.py``)."""
+    return make_settings(tmp_path, database={"url": db_url},
+                         signing={"policies": [policy(keys, **extra)]})
 
 
 @pytest.fixture
-def settings(tmp_path: Path, keys: dict[str, m.PrivateKey]) -> Settings:
-    return gated(tmp_path, keys)
+def settings(tmp_path: Path, db_url: str, keys: dict[str, m.PrivateKey]) -> Settings:
+    return gated(tmp_path, db_url, keys)
 
 
 @pytest.fixture
@@ -220,9 +225,9 @@ def test_sign_before_push_with_a_legacy_signature(client: TestClient[Any],
     assert r.status_code == 201, r.text
 
 
-def test_min_signatures_counts_distinct_keys(tmp_path: Path,
+def test_min_signatures_counts_distinct_keys(tmp_path: Path, db_url: str,
                                              keys: dict[str, m.PrivateKey]) -> None:
-    with TestClient(create_app(gated(tmp_path, keys, min_signatures=2))) as client:
+    with TestClient(create_app(gated(tmp_path, db_url, keys, min_signatures=2))) as client:
         oci = OciClient(client)
         digest, body = by_digest(oci, REPO)
         bundle_referrer(oci, REPO, keys["trusted"], digest, len(body))
@@ -234,9 +239,9 @@ def test_min_signatures_counts_distinct_keys(tmp_path: Path,
         assert oci.put_manifest(REPO, "1.0", body).status_code == 201
 
 
-def test_audit_mode_accepts_and_records(tmp_path: Path,
+def test_audit_mode_accepts_and_records(tmp_path: Path, db_url: str,
                                         keys: dict[str, m.PrivateKey]) -> None:
-    with TestClient(create_app(gated(tmp_path, keys, mode="audit"))) as client:
+    with TestClient(create_app(gated(tmp_path, db_url, keys, mode="audit"))) as client:
         rec = Recorder()
         client.app.state.registry.store.hooks.sinks.append(rec)
         oci = OciClient(client)
@@ -266,8 +271,10 @@ def test_index_signature_covers_children(client: TestClient[Any], settings: Sett
     assert oci.put_manifest(REPO, "amd64", kids[0][1]).status_code == 201
 
 
-def test_require_children_signed(tmp_path: Path, keys: dict[str, m.PrivateKey]) -> None:
-    with TestClient(create_app(gated(tmp_path, keys, require_children_signed=True))) as c:
+def test_require_children_signed(tmp_path: Path, db_url: str,
+                                 keys: dict[str, m.PrivateKey]) -> None:
+    settings = gated(tmp_path, db_url, keys, require_children_signed=True)
+    with TestClient(create_app(settings)) as c:
         oci = OciClient(c)
         kids = [by_digest(oci, REPO), by_digest(oci, REPO)]
         index = index_of(oci, kids)
@@ -384,8 +391,9 @@ def test_deleting_the_signature_revokes_trust(client: TestClient[Any], settings:
         "SIGNATURE_REVOKED"
 
 
-def test_policy_seeding_is_idempotent(tmp_path: Path, keys: dict[str, m.PrivateKey]) -> None:
-    settings = gated(tmp_path, keys)
+def test_policy_seeding_is_idempotent(tmp_path: Path, db_url: str,
+                                      keys: dict[str, m.PrivateKey]) -> None:
+    settings = gated(tmp_path, db_url, keys)
     for _ in range(2):
         with TestClient(create_app(settings)) as client:
             loaded = asyncio.run(_load(settings))
@@ -446,7 +454,7 @@ class AsUser:
 
 
 def test_quarantined_reads_follow_push_permission_never_user_agent(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch,
         keys: dict[str, m.PrivateKey]) -> None:
     from functools import partial  # noqa: PLC0415
 
@@ -455,7 +463,7 @@ def test_quarantined_reads_follow_push_permission_never_user_agent(
     from tests.support.http import basic  # noqa: PLC0415
 
     monkeypatch.setenv("DTR_ADMIN_PASSWORD", "admin-password-1")
-    settings = make_settings(tmp_path, auth={"enabled": True},
+    settings = make_settings(tmp_path, auth={"enabled": True}, database={"url": db_url},
                              signing={"policies": [{**policy(keys), "repositories": "acme/**"}]})
     repo = "acme/app"
     with TestClient(create_app(settings)) as c:
@@ -499,11 +507,11 @@ def test_quarantined_reads_follow_push_permission_never_user_agent(
         assert bob.get(f"/v2/{repo}/manifests/{digest}").status_code == 200
 
 
-def test_a_restart_never_undoes_a_revocation(tmp_path: Path,
+def test_a_restart_never_undoes_a_revocation(tmp_path: Path, db_url: str,
                                              keys: dict[str, m.PrivateKey]) -> None:
     from dtr.app import signing_policies  # noqa: PLC0415
 
-    settings = gated(tmp_path, keys)
+    settings = gated(tmp_path, db_url, keys)
     key_id = TrustedKey.from_pem(m.public_pem(keys["trusted"])).id
 
     async def go() -> tuple[str, int, int]:

@@ -1,7 +1,8 @@
 """``/api/v1/signing/policies`` and ``/api/v1/repositories/{name}/promotions`` in-process
 (authentication on): policy lifecycle with versions, key ids and revocation counts, config
 policies (409 except revocation), who reads what, and promotion (signed → 201 with
-referrers copied; unsigned → 403 UNSIGNED_MANIFEST, nothing tagged)."""
+referrers copied; unsigned → 403 UNSIGNED_MANIFEST, nothing tagged) — each on SQLite and on
+PostgreSQL (``db_url``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 from litestar.testing import TestClient
 
 from dtr.api.oci.router import match
+from dtr.app import create_app
 from dtr.signing.keys import TrustedKey
+from tests.conftest import make_settings
 from tests.integration.admin.conftest import ADMIN_PW, Api, password_of, problem
 from tests.integration.test_signing_gate import by_digest, legacy_sig
 from tests.support.http import basic, bearer
@@ -51,6 +54,16 @@ class _AsAdmin:
 
     def patch(self, url: str, **kw: Any) -> httpx.Response:
         return self.request("PATCH", url, **kw)
+
+
+@pytest.fixture
+def client(tmp_path: Path, db_url: str,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient[Any]]:
+    """The admin conftest's client, over each database (SQLite and PostgreSQL)."""
+    monkeypatch.setenv("DTR_ADMIN_PASSWORD", ADMIN_PW)
+    settings = make_settings(tmp_path, auth={"enabled": True}, database={"url": db_url})
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 @pytest.fixture
@@ -108,13 +121,12 @@ def test_who_reads_and_writes(api: Api) -> None:
 
 
 @pytest.fixture
-def config_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    from dtr.app import create_app  # noqa: PLC0415
-    from tests.conftest import make_settings  # noqa: PLC0415
-
+def config_client(tmp_path: Path, db_url: str,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     key = m.new_key("p256")
     monkeypatch.setenv("DTR_ADMIN_PASSWORD", ADMIN_PW)
-    settings = make_settings(tmp_path, auth={"enabled": True}, signing={"policies": [
+    settings = make_settings(tmp_path, auth={"enabled": True}, database={"url": db_url},
+                             signing={"policies": [
         {"name": "seeded", "repositories": "prod/**", "keys": [{"pem": pem(key)}]}]})
     with TestClient(create_app(settings)) as c:
         a = Api(c)
