@@ -112,6 +112,13 @@ class ManifestObserver(Protocol):
         """
         ...
 
+    def tag_deleted(self, session: Connection, repository: str, tag: str,
+                    digest: str) -> None:
+        """Inside the delete transaction, after the tag ``tag`` (which pointed at the
+        manifest ``digest``, still stored) was deleted by name. Raising aborts the delete.
+        """
+        ...
+
 
 class ReadGate(Protocol):
     """Decides whether a stored manifest may be served (quarantine and revocation)."""
@@ -156,6 +163,11 @@ class NullObserver:
 
     def deleted(self, session: Connection, repository: str, digest: str,
                 subject: str | None) -> None:
+        """Nothing."""
+        return
+
+    def tag_deleted(self, session: Connection, repository: str, tag: str,
+                    digest: str) -> None:
         """Nothing."""
         return
 

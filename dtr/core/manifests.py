@@ -197,12 +197,17 @@ class ManifestService:
                 hooks.emit(s, RegistryEvent("manifest.deleted", repository, reference))
                 hooks.observer.deleted(s, repository, reference, subject)
             else:
+                target = s.execute(select(Manifest.digest).join(
+                    Tag, Tag.manifest_id == Manifest.id).where(
+                    Tag.repository_id == rid, Tag.name == reference)).scalar()
                 res = s.execute(delete(Tag).where(Tag.repository_id == rid,
                                                   Tag.name == reference))
                 if not res.rowcount:
                     raise ManifestUnknown(f"tag {reference} is not known",
                                           {"reference": reference})
                 hooks.emit(s, RegistryEvent("tag.deleted", repository, tag=reference))
+                if target is not None:
+                    hooks.observer.tag_deleted(s, repository, reference, str(target))
 
         await self.store.run(delete_)
 

@@ -231,6 +231,28 @@ class SigningGate:
         for signed in trust.forget_signature(session, rid, digest):
             trust.recompute(session, rid, repository, signed, policy, self.hooks.emit)
 
+    def tag_deleted(self, session: Connection, repository: str, tag: str,
+                    digest: str) -> None:
+        """A deleted ``<alg>-<hex>.sig|.att|.sbom`` tag stops its (now untagged) manifest
+        counting for ``<alg>:<hex>``, unless that manifest still names it as ``subject``.
+        """
+        m = SIGNATURE_TAG.match(tag)
+        if m is None:
+            return
+        subject = f"{m.group(1)}:{m.group(2)}"
+        policy = self._policies_in(session).covering(repository)
+        if policy is None:
+            return
+        rid = _rid(session, repository)
+        if rid is None:
+            return
+        if session.execute(select(Manifest.id).where(
+                Manifest.repository_id == rid, Manifest.digest == digest,
+                Manifest.subject_digest == subject)).first() is not None:
+            return
+        if trust.forget_signature(session, rid, digest, subject=subject):
+            trust.recompute(session, rid, repository, subject, policy, self.hooks.emit)
+
     # -- PushGate ---------------------------------------------------------------------
     def _exempt_tag(self, tag: str, write: ManifestWrite | TagWrite) -> bool:
         if SIGNATURE_TAG.match(tag):

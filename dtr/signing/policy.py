@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from dtr.core.hooks import RegistryEvent
 from dtr.db.base import utcnow
@@ -292,6 +293,7 @@ def upsert_policy(conn: Connection, spec: PolicySpec, emit: Emit, *, source: str
               "source": source, "updated_at": now}
     existing = conn.execute(select(SigningPolicy.id, SigningPolicy.version)
                             .where(SigningPolicy.name == spec.name)).first()
+    counting_before = _counting(conn, int(existing[0])) if existing is not None else None
     if existing is None:
         pid = int(conn.execute(insert(SigningPolicy).values(
             name=spec.name, version=1, created_at=now, **values)
@@ -330,7 +332,25 @@ def upsert_policy(conn: Connection, spec: PolicySpec, emit: Emit, *, source: str
             continue  # revocation is sticky: a restart with an old settings file never undoes it
         if key.status != current:
             set_key_status(conn, spec.name, kid, key.status, emit, actor=actor)
+    if counting_before is not None and counting_before != _counting(conn, pid):
+        from dtr.signing.trust import recompute_policy  # noqa: PLC0415 - trust imports us
+
+        recompute_policy(conn, load(conn), pid, emit)
     return pid
+
+
+def _counting(conn: Connection, pid: int) -> tuple[object, ...]:
+    """What decides which stored verdicts count under policy ``pid`` (besides key
+    statuses, which :func:`set_key_status` recomputes): a change means re-evaluation.
+    """
+    row = conn.execute(select(SigningPolicy.min_signatures, SigningPolicy.formats,
+                              SigningPolicy.require_children_signed)
+                       .where(SigningPolicy.id == pid)).one()
+    stores = sorted(conn.execute(select(SigningTrustStore.name, SigningTrustStore.roots_pem,
+                                        SigningTrustStore.identities)
+                                 .where(SigningTrustStore.policy_id == pid)).all())
+    return (row.min_signatures, json.loads(row.formats), row.require_children_signed,
+            [tuple(r) for r in stores])
 
 
 def delete_policy(conn: Connection, name: str, emit: Emit, *, actor: str = "") -> bool:
@@ -414,14 +434,20 @@ class PolicyService:
     async def seed(self, specs: Sequence[PolicySpec]) -> None:
         """Upsert the settings file's policies (marked ``source=config``), idempotently:
         a policy whose stored definition already equals its spec is not touched (no
-        version bump, no event).
+        version bump, no event). Safe when replicas seed at once: the loser of a race on
+        the unique policy name (or the version row) retries once and finds it seeded.
         """
         def tx(conn: Connection) -> None:
             for spec in specs:
                 if not _same(conn, spec):
                     upsert_policy(conn, spec, self._emit, source="config", actor="config")
 
-        await self.db.run(tx)
+        try:
+            await self.db.run(tx)
+        except IntegrityError:
+            # another replica seeded the same policy (or created the version row)
+            # concurrently and committed first: the retry sees its rows
+            await self.db.run(tx)
 
     async def load(self) -> PolicySet:
         """The current policies."""

@@ -219,13 +219,18 @@ def store_verdicts(conn: Connection, rid: int, repository: str, signature: str,
             "reason": v.reason.value if v.reason else None, "message": v.message}))
 
 
-def forget_signature(conn: Connection, rid: int, signature: str) -> list[str]:
-    """Drop the verdicts of a deleted signature manifest; return the subjects it signed."""
-    subjects = sorted(set(conn.execute(select(SignatureRecord.subject_digest).where(
-        SignatureRecord.repository_id == rid,
-        SignatureRecord.signature_digest == signature)).scalars()))
-    conn.execute(delete(SignatureRecord).where(SignatureRecord.repository_id == rid,
-                                               SignatureRecord.signature_digest == signature))
+def forget_signature(conn: Connection, rid: int, signature: str, *,
+                     subject: str | None = None) -> list[str]:
+    """Drop the verdicts of a deleted signature manifest (only those for ``subject`` when
+    given: its signature tag was deleted); return the subjects it signed.
+    """
+    scope = [SignatureRecord.repository_id == rid,
+             SignatureRecord.signature_digest == signature]
+    if subject is not None:
+        scope.append(SignatureRecord.subject_digest == subject)
+    subjects = sorted(set(conn.execute(
+        select(SignatureRecord.subject_digest).where(*scope)).scalars()))
+    conn.execute(delete(SignatureRecord).where(*scope))
     return subjects
 
 
@@ -246,5 +251,31 @@ def recompute_signer(conn: Connection, policies: PolicySet, signer: str,
         before = state_of(conn, rid, digest)
         after = recompute(conn, rid, name, digest, policy, emit)
         if before is None or before[0] != after:
+            changed.append(f"{name}@{digest}")
+    return changed
+
+
+def recompute_policy(conn: Connection, policies: PolicySet, policy_id: int,
+                     emit: Emit) -> list[str]:
+    """Recompute, from the stored verdicts, every digest with a trust state in the
+    repositories the policy ``policy_id`` governs (after an edit of who counts:
+    ``min_signatures``, ``formats``, ``require_children_signed``, trust stores). Drops
+    emit ``trust.revoked`` like a key revocation. Returns ``<repository>@<digest>`` of
+    those whose state changed.
+    """
+    rows = conn.execute(
+        select(TrustState.repository_id, Repository.name, TrustState.digest)
+        .join(Repository, Repository.id == TrustState.repository_id)
+        .order_by(TrustState.repository_id, TrustState.digest)).all()
+    changed: list[str] = []
+    for rid, name, digest in rows:
+        policy = policies.covering(name)
+        if policy is None or policy.id != policy_id:
+            continue
+        before = state_of(conn, rid, digest)
+        if before is None:
+            continue  # removed as a side effect (never happens today)
+        after = recompute(conn, rid, name, digest, policy, emit)
+        if before[0] != after:
             changed.append(f"{name}@{digest}")
     return changed

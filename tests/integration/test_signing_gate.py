@@ -532,3 +532,95 @@ def test_a_restart_never_undoes_a_revocation(tmp_path: Path, db_url: str,
     status, before, after = asyncio.run(go())
     assert status == "revoked"
     assert after == before
+
+
+# -- policy edits, signature tag deletes, concurrent seeding ---------------------------------
+def _upsert(settings: Settings, events: Recorder, **change: Any) -> None:
+    """Store the settings file's policy with ``change`` applied (an administrator edit)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from dtr.app import signing_policies  # noqa: PLC0415
+
+    async def go() -> None:
+        registry = build_registry(settings)
+        registry.store.hooks.sinks.append(events)
+        try:
+            [spec] = signing_policies(settings.signing)
+            await signing_service(registry).upsert(replace(spec, **change))
+        finally:
+            await close_registry(registry)
+
+    asyncio.run(go())
+
+
+def test_policy_edits_that_change_who_counts_re_evaluate(
+        client: TestClient[Any], settings: Settings, events: Recorder,
+        keys: dict[str, m.PrivateKey]) -> None:
+    oci = OciClient(client)
+    digest, body = by_digest(oci, REPO)
+    bundle_referrer(oci, REPO, keys["trusted"], digest, len(body))
+    assert oci.put_manifest(REPO, "1.0", body).status_code == 201
+    # one signer no longer suffices: the tag's digest drops to REVOKED at once, and a
+    # REVOKED digest is refused by tag with SIGNATURE_REVOKED (the read gate's mapping)
+    _upsert(settings, events, min_signatures=2)
+    [revoked] = [e for e in events.events if e.action == "trust.revoked"]
+    assert revoked.digest == digest
+    assert revoked.detail["tags"] == ["1.0"]
+    assert revoked.detail["reason"] == "UNTRUSTED_SIGNATURE"
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    # lowering it back trusts the digest again, without a re-push or re-sign
+    _upsert(settings, events, min_signatures=1)
+    assert client.get(f"/v2/{REPO}/manifests/1.0").status_code == 200
+    # accepting only notation stops the cosign bundle counting; cosign again restores
+    _upsert(settings, events, formats=("notation",))
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    _upsert(settings, events, formats=("cosign", "notation"))
+    assert client.get(f"/v2/{REPO}/manifests/1.0").status_code == 200
+    # an edit that changes nothing about who counts recomputes nothing
+    before = len([e for e in events.events if e.action.startswith(("trust.", "manifest."))])
+    _upsert(settings, events, mode="enforce")
+    assert before == len([e for e in events.events
+                          if e.action.startswith(("trust.", "manifest."))])
+
+
+def test_deleting_the_signature_tag_revokes_trust(client: TestClient[Any],
+                                                  keys: dict[str, m.PrivateKey]) -> None:
+    oci = OciClient(client)
+    digest, body = by_digest(oci, REPO)
+    r = legacy_sig(oci, REPO, keys["trusted"], digest)
+    assert r.status_code == 201, r.text
+    assert oci.put_manifest(REPO, "1.0", body).status_code == 201
+    # deleting an ordinary tag changes nothing about trust
+    assert oci.put_manifest(REPO, "1.1", body).status_code == 201
+    assert client.delete(f"/v2/{REPO}/manifests/1.1").status_code == 202
+    assert client.get(f"/v2/{REPO}/manifests/1.0").status_code == 200
+    sig_tag = digest.replace(":", "-") + ".sig"
+    assert client.delete(f"/v2/{REPO}/manifests/{sig_tag}").status_code == 202
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    # no signature is left: a new tag write says so
+    assert denied(oci.put_manifest(REPO, "1.2", body))["detail"]["reason"] == \
+        "UNSIGNED_MANIFEST"
+
+
+def test_replicas_seeding_at_once_both_succeed(tmp_path: Path, db_url: str,
+                                               keys: dict[str, m.PrivateKey]) -> None:
+    from dtr.app import signing_policies  # noqa: PLC0415
+
+    settings = gated(tmp_path, db_url, keys)
+    specs = signing_policies(settings.signing)
+
+    async def go() -> Any:
+        replicas = [build_registry(settings) for _ in range(2)]
+        try:
+            await asyncio.gather(*(signing_service(r).seed(specs) for r in replicas))
+            return await signing_service(replicas[0]).load()
+        finally:
+            for r in replicas:
+                await close_registry(r)
+
+    loaded = asyncio.run(go())
+    assert loaded.version == 1
+    assert [p.name for p in loaded.policies] == ["prod-signing"]
