@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ class SigningGate:
         self.hooks = hooks
         self.cache_seconds = cache_seconds
         self._cache: PolicySet | None = None
+        self._local = threading.local()  # (transaction, policy set) last read on a thread
 
     # -- policies ---------------------------------------------------------------------
     async def policies(self) -> PolicySet:
@@ -153,13 +155,19 @@ class SigningGate:
         return self._cache
 
     def _policies_in(self, conn: Connection) -> PolicySet:
+        """The policy set as of ``conn``'s transaction: its version is read once per
+        transaction (a manifest push asks for every tag it writes), on this thread.
+        """
+        txn = conn.get_transaction()
+        seen = getattr(self._local, "seen", None)
+        if txn is not None and seen is not None and seen[0] is txn:
+            return seen[1]  # type: ignore[no-any-return]
         version = current_version(conn)
         cache = self._cache
-        if cache is not None and cache.version == version:
-            return cache
-        loaded = load(conn)
-        self._cache = loaded
-        return loaded
+        if cache is None or cache.version != version:
+            cache = self._cache = load(conn)
+        self._local.seen = (txn, cache)
+        return cache
 
     def invalidate(self) -> None:
         """Forget the cached policy set (after an edit in this process)."""
@@ -199,10 +207,11 @@ class SigningGate:
 
     def stored(self, session: Connection, write: ManifestWrite, prepared: object) -> None:
         """Record verdicts and recompute trust states (inside the push transaction)."""
-        policy = self._policies_in(session).covering(write.repository)
+        policies = self._policies_in(session)
+        policy = policies.covering(write.repository)
         if policy is None:
             return
-        version = current_version(session)
+        version = policies.version
         rid = _rid(session, write.repository)
         if rid is None:
             return

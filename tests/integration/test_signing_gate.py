@@ -24,6 +24,7 @@ from dtr.app import build_registry, close_registry, create_app, signing_service
 from dtr.config import Settings
 from dtr.core.hooks import RegistryEvent
 from dtr.signing import cosign
+from dtr.signing import gate as gate_module
 from dtr.signing.keys import TrustedKey
 from tests.conftest import make_settings
 from tests.support.oci import OCI_INDEX, OCI_MANIFEST, OciClient, sha256
@@ -181,6 +182,29 @@ def test_unprotected_repositories_are_unchanged(client: TestClient[Any]) -> None
     oci = OciClient(client)
     _digest, _ = oci.push_image("staging/app", "1.0")
     assert client.get("/v2/staging/app/manifests/1.0").status_code == 200
+
+
+def test_a_push_reads_the_policy_version_once(client: TestClient[Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """One manifest PUT with several tags asks the database for the policy version once
+    (in its transaction), not once per tag."""
+    oci = OciClient(client)
+    oci.push_image("staging/app", "warm")  # the pre-transaction policy cache is now loaded
+    client.app.state.registry.store.hooks.gate.cache_seconds = 3600.0
+    body = oci.image("staging/app")
+    calls: list[int] = []
+    real = gate_module.current_version
+
+    def counting(conn: Connection) -> int:
+        calls.append(1)
+        return real(conn)
+
+    monkeypatch.setattr(gate_module, "current_version", counting)
+    r = client.put("/v2/staging/app/manifests/1.0?tag=1.1&tag=1.2&tag=latest", content=body,
+                   headers={"Content-Type": OCI_MANIFEST})
+    assert r.status_code == 201, r.text
+    assert sorted(r.headers["oci-tag"].split(", ")) == ["1.0", "1.1", "1.2", "latest"]
+    assert len(calls) == 1
 
 
 def test_untrusted_key_wrong_digest_and_attestation_are_refused(
