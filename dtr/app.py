@@ -18,13 +18,16 @@ from litestar.types import ControllerRouterHandler
 from sqlalchemy import Connection
 
 from dtr.api.admin import build_admin_router, openapi_config
-from dtr.api.context import Security
+from dtr.api.context import Security, audit_context
 from dtr.api.oci.handlers import OciContext
 from dtr.api.oci.router import build_routes
 from dtr.api.oci.security import AccessControl, OpenAccess, TokenAccess
 from dtr.api.oidc import build_oidc_router
 from dtr.api.problems import app_exception_handlers
 from dtr.api.token import build_token_routes
+from dtr.audit.checkpoints import CheckpointKeys
+from dtr.audit.maintenance import AuditMaintenance
+from dtr.audit.recorder import AuditRecorder
 from dtr.auth import accounts
 from dtr.auth.accounts import AccountService
 from dtr.auth.credentials import CredentialVerifier
@@ -40,7 +43,6 @@ from dtr.db.database import Database
 from dtr.db.engine import current_revision
 from dtr.db.migrate import head_revision
 from dtr.db.reads import FastReads, make_fast_reads
-from dtr.events import LogSecurityEvents
 from dtr.policy import admin as policy_admin
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
@@ -94,7 +96,9 @@ def build_registry(settings: Settings, storage: StorageDriver | None = None) -> 
     db = Database(settings.database_url, pool_size=settings.database.pool_size,
                   echo=settings.database.echo)
     reads = make_fast_reads(settings.database_url, settings.database.pool_size)
-    hooks = Hooks()
+    recorder = AuditRecorder(db, fail_closed=settings.audit.fail_closed,
+                             max_pending=settings.audit.max_pending)
+    hooks = Hooks(sinks=[recorder])
     gate = SigningGate(db, hooks)
     hooks.gate, hooks.observer, hooks.reads = gate, gate, gate
     store = Store(db, storage or build_storage(settings), reads, hooks, limits(settings))
@@ -125,10 +129,23 @@ async def check_schema(registry: Registry) -> None:
             f"{head}: run `dtr db upgrade` (with the same --config / DTR_DATABASE_URL)")
 
 
-def build_security(settings: Settings, db: Database,
-                   reads: FastReads | None = None) -> Security:
+def audit_recorder(registry: Registry) -> AuditRecorder:
+    """The registry's audit recorder (the first event sink ``build_registry`` installs)."""
+    recorder = registry.store.hooks.sinks[0]
+    assert isinstance(recorder, AuditRecorder)
+    return recorder
+
+
+def checkpoint_keys(keys: TokenKeys) -> CheckpointKeys:
+    """The registry key as the audit log's checkpoint signer."""
+    return CheckpointKeys(keys.signing, keys.kid, keys.verifying)
+
+
+def build_security(settings: Settings, db: Database, reads: FastReads | None = None,
+                   recorder: AuditRecorder | None = None) -> Security:
     """The auth services of one process: accounts, credentials, policy, token keys
-    (``reads``: the fast read path, for the policy version check).
+    (``reads``: the fast read path, for the policy version check; ``recorder``: where
+    security events go, a new recorder on ``db`` when not given).
     """
     a = settings.auth
     keys = TokenKeys.load_or_create(settings.token_key_path, a.token.previous_key_files)
@@ -145,7 +162,8 @@ def build_security(settings: Settings, db: Database,
         policy_admin=PolicyAdmin(db), keys=keys,
         issuer=TokenIssuer(keys, a.token.issuer, a.token.lifetime_seconds),
         verifier=TokenVerifier(keys, a.token.issuer), trusted_proxies=proxies,
-        events=LogSecurityEvents(),
+        events=recorder or AuditRecorder(db, fail_closed=settings.audit.fail_closed,
+                                         max_pending=settings.audit.max_pending),
         providers=Providers(allow_http=a.oidc.allow_http, ca_file=a.oidc.ca_file,
                             clock_skew=a.oidc.clock_skew_seconds))
 
@@ -197,7 +215,12 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     """Build the application for ``settings`` (``storage`` overrides the configured driver)."""
     registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
-    security = build_security(settings, registry.store.db, registry.store.reads)
+    recorder = audit_recorder(registry)
+    security = build_security(settings, registry.store.db, registry.store.reads, recorder)
+    maintenance = AuditMaintenance(
+        registry.store.db, checkpoint_keys(security.keys),
+        every_events=settings.audit.checkpoint_events,
+        every_seconds=settings.audit.checkpoint_seconds)
     sso = LoginService(settings.auth.oidc, security.db, security.providers, security.keys,
                        security.events)
     access: AccessControl = (TokenAccess(security, settings.server.public_url)
@@ -214,6 +237,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
         if ensure is not None:
             await ensure()
         await security.policy.start()
+        maintenance.start()
         if not settings.auth.enabled:
             return
         generated = await bootstrap_admin(security, os.environ.get(ADMIN_PASSWORD_ENV))
@@ -223,6 +247,8 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
                         security.settings.admin_username, generated)
 
     async def shutdown() -> None:
+        await maintenance.aclose()
+        await recorder.aclose()
         await security.policy.close()
         await security.providers.aclose()
         await close_registry(registry)
@@ -232,11 +258,12 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
                 build_admin_router(security, settings.auth, registry),
                 build_oidc_router(security, sso, settings.server.public_url)]
     app = Litestar(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
-                   openapi_config=openapi_config(),
+                   openapi_config=openapi_config(), middleware=[audit_context(security)],
                    exception_handlers=app_exception_handlers())
     app.state.registry = registry
     app.state.signing = signing
     app.state.security = security
+    app.state.audit = recorder
     app.state.sso = sso
     return app
 

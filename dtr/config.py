@@ -298,6 +298,24 @@ class SigningSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     not raced by garbage collection."""
 
 
+class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The audit log."""
+
+    fail_closed: bool = False
+    """Refuse a request (503) when its audit event cannot be committed. Changes always
+    commit together with their events; this also holds pulls, denials and logins until
+    their events are committed."""
+    record_pulls: bool = True
+    """Record every manifest pull (``GET`` of a manifest by tag or digest)."""
+    max_pending: int = 100_000
+    """Events (pulls, denials, logins) kept in memory while the database refuses writes,
+    when failing open; older ones are dropped, and the loss is logged."""
+    checkpoint_events: int = 1000
+    """Sign a checkpoint after this many events..."""
+    checkpoint_seconds: float = 60.0
+    """...or when unsigned events are this old."""
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every dtr setting. Build with :func:`load_settings`."""
 
@@ -308,6 +326,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gc: GCSettings = msgspec.field(default_factory=GCSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     signing: SigningSettings = msgspec.field(default_factory=SigningSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
 
     @property
     def data_path(self) -> Path:
@@ -460,6 +479,16 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"server.{name}: {value} is not a readable file")
     _validate_auth(s.auth)
     _validate_signing(s.signing)
+    _validate_audit(s.audit)
+
+
+def _validate_audit(a: AuditSettings) -> None:
+    if a.max_pending < 1:
+        raise ConfigError("audit.max_pending: must be at least 1")
+    if a.checkpoint_events < 1:
+        raise ConfigError("audit.checkpoint_events: must be at least 1")
+    if a.checkpoint_seconds <= 0:
+        raise ConfigError("audit.checkpoint_seconds: must be more than 0")
 
 
 def _validate_signing(g: SigningSettings) -> None:

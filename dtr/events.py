@@ -1,8 +1,13 @@
-"""Security events: the seam every security decision made outside a content write is
-reported through (logins and their failures, token issues and refusals, OIDC logins,
-federated token exchanges, admin changes). The audit log implements :class:`SecurityEvents`
-durably; until it is wired, :class:`LogSecurityEvents` writes each event as one JSON line
-to the ``dtr.audit`` logger. Imports nothing from dtr.
+"""Security events and the request context they are stamped with.
+
+``SecurityEvent`` is one security decision (a login and its failure, a token issued or
+refused, a denial, an admin change, a pull); ``SecurityEvents`` is the seam decisions are
+reported through: the audit log (``dtr.audit``) implements it durably,
+:class:`LogSecurityEvents` writes JSON lines to the ``dtr.audit`` logger when no audit log
+is wired. ``RequestContext`` (one per request, in a context variable) carries who is
+calling and from where, so every event recorded while serving the request (in any layer,
+in any transaction) names the same actor, client address, user agent and request id.
+Imports nothing from dtr.
 
 Content writes (push, tag, delete) go through ``core.hooks.EventSink`` instead, inside the
 transaction that makes them.
@@ -10,12 +15,17 @@ transaction that makes them.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 Outcome = Literal["allow", "deny", "error"]
 _log = logging.getLogger("dtr.audit")
@@ -39,8 +49,19 @@ class SecurityEvent:
         user_agent: the client's ``User-Agent``.
         resource: what it was about (a trust name, a repository, a scope string).
         token_id: the token presented or issued, when there is one.
-        detail: anything else worth keeping (matched rule, claims checked, groups synced).
+        detail: anything else worth keeping (claims checked, groups synced, scopes).
         time: seconds since the epoch.
+        actor_id: the account's stable id (``user:alice``, ``robot:ci$builder``), when
+            different from ``actor``.
+        org: the organization the event is about.
+        repository: the repository the event is about.
+        tag: the tag the event is about.
+        digest: the digest the event is about.
+        rule: the policy rule that decided (``allow: team:ci pull acme/**``).
+        request_id: the request that caused the event.
+
+    Empty actor, address, user agent, method, token and request fields are filled from the
+    current :class:`RequestContext` when the event is recorded.
     """
 
     action: str
@@ -55,19 +76,102 @@ class SecurityEvent:
     token_id: str = ""
     detail: Mapping[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    actor_id: str = ""
+    org: str = ""
+    repository: str = ""
+    tag: str = ""
+    digest: str = ""
+    rule: str = ""
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Who is calling and from where, for the events one request causes.
+
+    Set by the API layer when the request arrives (address, user agent, request id) and
+    completed once the caller is authenticated (actor fields, method, token id). Mutable:
+    the object is shared by everything serving the request, including work handed to
+    database threads.
+    """
+
+    request_id: str = ""
+    client_ip: str = ""
+    user_agent: str = ""
+    actor_kind: str = ""
+    actor_id: str = ""
+    actor: str = ""
+    method: str = ""
+    token_id: str = ""
+
+    def identify(self, *, kind: str, name: str, subject: str = "", method: str = "",
+                 token_id: str | None = None) -> None:
+        """Record the authenticated caller."""
+        self.actor_kind, self.actor, self.actor_id = kind, name, subject or self.actor_id
+        self.method = method or self.method
+        self.token_id = token_id or self.token_id
+
+
+_context: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "dtr_request_context", default=None)
+
+
+def current_context() -> RequestContext | None:
+    """The context of the request being served, or None outside a request."""
+    return _context.get()
+
+
+@contextmanager
+def request_context(ctx: RequestContext) -> Iterator[RequestContext]:
+    """Make ``ctx`` the current request context for the ``with`` block."""
+    token = _context.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _context.reset(token)
+
+
+def set_context(ctx: RequestContext | None) -> None:
+    """Make ``ctx`` the current request context for the rest of this task (ASGI
+    middleware, whose task ends with the request).
+    """
+    _context.set(ctx)
+
+
+def stamped(event: SecurityEvent) -> SecurityEvent:
+    """``event`` with its empty actor, address, user agent, method, token and request
+    fields taken from the current request context (unchanged outside a request).
+    """
+    ctx = _context.get()
+    if ctx is None:
+        return event
+    fill: dict[str, Any] = {}
+    names = ["method", "token_id", "client_ip", "user_agent", "request_id"]
+    if not event.actor:  # an event naming its own actor (an identity) keeps it whole
+        names += ["actor_kind", "actor_id", "actor"]
+    for name in names:
+        if not getattr(event, name) and getattr(ctx, name):
+            fill[name] = getattr(ctx, name)
+    return replace(event, **fill) if fill else event
 
 
 class SecurityEvents(Protocol):
     """Receives security events.
 
-    Contract: ``emit`` records the event (or queues it durably) and returns; it never
-    raises for a sink problem of its own (a failing audit store is reported by the
-    implementation, which decides about fail-closed writes), so a refusal is never turned
-    into a different error by the act of recording it.
+    Contract: ``record`` adds the event to the caller's open transaction, so the event and
+    the change it records commit (or roll back) together. ``emit`` is for decisions that
+    change nothing (a pull, a denial, a failed login): it records the event on its own;
+    it never raises for a problem of its own unless the implementation is configured to
+    fail closed, where it raises ``dtr.errors.Unavailable`` when the event cannot be made
+    durable (so the request is refused rather than served unrecorded).
     """
 
     async def emit(self, event: SecurityEvent) -> None:
-        """Record ``event``."""
+        """Record ``event`` on its own."""
+        ...
+
+    def record(self, conn: Connection, event: SecurityEvent) -> None:
+        """Record ``event`` in the transaction of ``conn``."""
         ...
 
 
@@ -81,10 +185,15 @@ class LogSecurityEvents:
 
     async def emit(self, event: SecurityEvent) -> None:
         """See :meth:`SecurityEvents.emit`."""
+        self.record(None, event)
+
+    def record(self, conn: Connection | None, event: SecurityEvent) -> None:
+        """Log ``event`` now (a log line cannot join the transaction)."""
         self.emitted += 1
         level = logging.INFO if event.outcome == "allow" else logging.WARNING
         if _log.isEnabledFor(level):
-            _log.log(level, "%s", json.dumps(asdict(event), default=str, sort_keys=True))
+            _log.log(level, "%s", json.dumps(asdict(stamped(event)), default=str,
+                                             sort_keys=True))
 
 
 class RecordingSecurityEvents:
@@ -95,4 +204,8 @@ class RecordingSecurityEvents:
 
     async def emit(self, event: SecurityEvent) -> None:
         """See :meth:`SecurityEvents.emit`."""
-        self.events.append(event)
+        self.events.append(stamped(event))
+
+    def record(self, conn: Connection, event: SecurityEvent) -> None:
+        """See :meth:`SecurityEvents.record` (kept at once, whatever the transaction does)."""
+        self.events.append(stamped(event))

@@ -1,7 +1,9 @@
 """``Security``: the authentication and authorization services every API surface shares
 (the ``/v2`` enforcement point, the token endpoint, the admin API), built once by the
 composition root, plus how a request's caller and client address are worked out, and a
-raw header read for the per-request token check (``scope_header``).
+raw header read for the per-request token check (``scope_header``), and the ASGI
+middleware that opens each request's audit context (``audit_context``: request id, client
+address, user agent; the ``X-Request-Id`` response header).
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtr.auth.accounts import AccountService
 from dtr.auth.credentials import CredentialVerifier
@@ -22,11 +28,12 @@ from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
 from dtr.config import AuthSettings
 from dtr.db.database import Database
 from dtr.errors import InvalidToken, Unauthorized
-from dtr.events import LogSecurityEvents, SecurityEvents
+from dtr.events import LogSecurityEvents, RequestContext, SecurityEvents, set_context
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
 
 Req = Request[Any, Any, Any]
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 PAT_PREFIX = "dtr_pat_"
 SESSION_PREFIX = "dtr_ses_"
 
@@ -64,16 +71,20 @@ class Security:
         ``X-Forwarded-For`` when the peer is a trusted proxy.
         """
         peer = request.client.host if request.client else ""
-        if not self.trusted_proxies or not self._trusted(peer):
+        return self.client_address(peer, request.headers.get("x-forwarded-for", ""))
+
+    def client_address(self, peer: str, forwarded_for: str) -> str:
+        """See :meth:`client_ip` (from the socket peer and the ``X-Forwarded-For`` value)."""
+        if not self.trusted_proxies or not self.is_trusted_proxy(peer):
             return peer
-        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")
-                if h.strip()]
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
         for hop in reversed(hops):
-            if not self._trusted(hop):
+            if not self.is_trusted_proxy(hop):
                 return hop
         return hops[0] if hops else peer
 
-    def _trusted(self, address: str) -> bool:
+    def is_trusted_proxy(self, address: str) -> bool:
+        """True if ``address`` is one of the configured trusted proxies."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -109,6 +120,42 @@ class Security:
             username, password = basic_credentials(value)
             return await self.credentials.verify_basic(username, password, ip)
         raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
+
+
+def audit_context(security: Security) -> Any:
+    """ASGI middleware factory: each HTTP request gets a :class:`RequestContext` with its
+    request id (the client's ``X-Request-Id`` when a trusted proxy sent a well-formed one,
+    else a new one), client address (trusted proxies honoured) and user agent, and the
+    response carries ``X-Request-Id``. Authentication completes the context with the actor.
+    """
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            client = scope.get("client")
+            peer = client[0] if client else ""
+            rid = scope_header(scope, b"x-request-id")
+            if not (rid and REQUEST_ID.fullmatch(rid) and security.trusted_proxies
+                    and security.is_trusted_proxy(peer)):
+                rid = secrets.token_hex(8)
+            ctx = RequestContext(
+                request_id=rid, user_agent=scope_header(scope, b"user-agent")[:512],
+                client_ip=security.client_address(
+                    peer, scope_header(scope, b"x-forwarded-for")))
+            set_context(ctx)
+            header = (b"x-request-id", rid.encode("ascii"))
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), header]
+                await send(message)
+
+            await app(scope, receive, send_with_id)
+
+        return handle
+
+    return middleware
 
 
 def scope_header(scope: Any, name: bytes, default: str = "") -> str:

@@ -5,6 +5,8 @@ functions (which ``dtr.auth`` may not import itself).
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
+
 from dtr.api.context import Security
 from dtr.auth.federation import FederationService
 from dtr.events import SecurityEvent
@@ -22,6 +24,10 @@ class _CurrentEvents:
     async def emit(self, event: SecurityEvent) -> None:
         """See ``SecurityEvents.emit``."""
         await self.security.events.emit(event)
+
+    def record(self, conn: Connection, event: SecurityEvent) -> None:
+        """See ``SecurityEvents.record``."""
+        self.security.events.record(conn, event)
 
 
 def federation_service(security: Security) -> FederationService:

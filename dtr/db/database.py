@@ -12,11 +12,17 @@ SQL); ``Database.run`` executes one such function as one transaction:
   no threads).
 
 Failures that mean the database cannot be reached raise ``dtr.errors.Unavailable``.
+
+Write transactions end with the ``before_commit`` hooks (the audit log chains the events
+the transaction recorded there, so its lock is held only while committing), and each
+transaction has a scratch dictionary (:func:`tx_state`) that lives exactly as long as it.
+The caller's context variables (the request context) reach the transaction's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fcntl
 import os
 import threading
@@ -36,6 +42,36 @@ from dtr.errors import Unavailable
 
 T = TypeVar("T")
 TxFn = Callable[[Connection], T]
+CommitHook = Callable[[Connection], None]
+_TX_KEY = "dtr.tx"
+
+
+def tx_state(conn: Connection) -> dict[str, Any]:
+    """Scratch space of the transaction open on ``conn`` (emptied when it ends).
+
+    Raises:
+        RuntimeError: ``conn`` has no transaction run by :meth:`Database.run`.
+    """
+    try:
+        state: dict[str, Any] = conn.info[_TX_KEY]
+    except KeyError:
+        raise RuntimeError("not inside Database.run") from None
+    return state
+
+
+def _transaction(fn: TxFn[T], hooks: list[CommitHook]) -> TxFn[T]:
+    """``fn`` with a fresh scratch space, then the commit hooks (write transactions)."""
+    def run(conn: Connection) -> T:
+        conn.info[_TX_KEY] = {}
+        try:
+            result = fn(conn)
+            for hook in hooks:
+                hook(conn)
+            return result
+        finally:
+            conn.info.pop(_TX_KEY, None)
+
+    return run
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -78,6 +114,8 @@ class Database:
         self.engine: AsyncEngine = make_engine(url, pool_size=pool_size, echo=echo)
         self.async_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._threads: ThreadPoolExecutor | None = None
+        self.before_commit: list[CommitHook] = []
+        """Run, in order, at the end of every write transaction, inside it."""
         if not self.is_postgres:
             path = parsed.database or ":memory:"
             self._write = _sqlite_engine(path, "BEGIN IMMEDIATE", echo)
@@ -95,13 +133,16 @@ class Database:
         Raises:
             Unavailable: the database cannot be reached.
         """
+        fn = _transaction(fn, self.before_commit if write else [])
         try:
             if self._threads is not None:
                 loop = asyncio.get_running_loop()
+                ctx = contextvars.copy_context()
                 if write:
-                    return await loop.run_in_executor(self._threads, self._writer.run,
+                    return await loop.run_in_executor(self._threads, ctx.run, self._writer.run,
                                                       self._write, fn)
-                return await loop.run_in_executor(self._threads, _in_thread, self._read, fn)
+                return await loop.run_in_executor(self._threads, ctx.run, _in_thread,
+                                                  self._read, fn)
             async with self.engine.begin() as conn:
                 return await conn.run_sync(fn)
         except (DBAPIError, OSError, TimeoutError) as exc:

@@ -11,6 +11,10 @@ Access control: ``account`` holds users and robots (secrets hashed), ``organizat
 (hashed). ``casbin_rule`` is the whole policy (grants, team membership, role definitions),
 read by the Casbin enforcer; ``role`` describes roles; ``policy_state`` holds the version
 every replica polls; ``login_failure`` counts failed logins for rate limits.
+
+Audit: ``audit_event`` is the hash-chained record (time-partitioned on PostgreSQL),
+``audit_head`` the chain's last link and lock, ``audit_checkpoint`` the signed anchors, and
+``audit_cursor`` each forwarding sink's position in the outbox.
 """
 
 from __future__ import annotations
@@ -432,4 +436,79 @@ class SigningState(Base):
     __tablename__ = "signing_state"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditEvent(Base):
+    """One audit event, hash-chained: ``hash`` = SHA-256 of the RFC 8785 canonical JSON of
+    the event's fields together with ``seq`` and ``prev_hash`` (the previous event's hash).
+    ``seq`` is the chain position, gap-free and in commit order. On PostgreSQL the table is
+    partitioned by ``time`` (retention drops whole partitions), so the key is
+    (``seq``, ``time``).
+    """
+
+    __tablename__ = "audit_event"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(8))
+    actor_kind: Mapped[str] = mapped_column(String(16), default="")
+    actor_id: Mapped[str] = mapped_column(String(NAME_LEN), default="")
+    actor: Mapped[str] = mapped_column(String(NAME_LEN), default="")
+    method: Mapped[str] = mapped_column(String(32), default="")
+    token_id: Mapped[str] = mapped_column(String(64), default="")
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    org: Mapped[str] = mapped_column(String(NAME_LEN), default="")
+    repository: Mapped[str] = mapped_column(String(255), default="")
+    tag: Mapped[str] = mapped_column(String(255), default="")
+    digest: Mapped[str] = mapped_column(String(DIGEST_LEN), default="")
+    resource: Mapped[str] = mapped_column(String(512), default="")
+    reason: Mapped[str] = mapped_column(String(255), default="")
+    rule: Mapped[str] = mapped_column(String(512), default="")
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_event_time", "time"),
+        Index("ix_audit_event_actor", "actor", "seq"),
+        Index("ix_audit_event_action", "action", "seq"),
+        Index("ix_audit_event_repository", "repository", "seq"),
+        Index("ix_audit_event_outcome", "outcome", "seq"),
+    )
+
+
+class AuditHead(Base):
+    """One row (id 1): the last chained event's ``seq`` and ``hash`` (the chain lock)."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed statement "event ``seq`` has hash ``hash``": ``signature`` is a compact
+    JWS by the registry key ``key_id`` over ``{"seq", "hash", "time", "kind"}``.
+    ``kind`` is ``periodic`` or ``retention`` (written before old events are dropped, so
+    the first remaining event stays anchored).
+    """
+
+    __tablename__ = "audit_checkpoint"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="periodic")
+    key_id: Mapped[str] = mapped_column(String(128))
+    signature: Mapped[str] = mapped_column(Text)
+
+
+class AuditCursor(Base):
+    """How far each forwarding sink has delivered (the outbox read position)."""
+
+    __tablename__ = "audit_cursor"
+    sink: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
