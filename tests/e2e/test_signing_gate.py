@@ -6,18 +6,24 @@ Flows that must work (``signing.md`` §8.8): push by digest → ``cosign sign`` 
 ``crane tag``; the same with ``notation sign``; sign before push with legacy cosign, then
 ``skopeo copy`` to the tag. Refusals: an unsigned ``skopeo copy`` to a tag (the client prints
 the gate's message), a signature by an untrusted key, a valid signature over another digest,
-a ``cosign attest`` offered as a signature, and tag pulls after the key was revoked
-(``SIGNATURE_REVOKED``). After acceptance ``cosign verify`` and ``notation verify`` succeed
-against dtr.
+a ``cosign attest`` offered as a signature, a real cosign signature whose signature or
+payload was tampered with, tag pulls after the key was revoked (``SIGNATURE_REVOKED``),
+and (on a second gated server with authentication on) a pull-only user reading a
+quarantined digest with a real skopeo and with cosign's and notation's User-Agent. After
+acceptance ``cosign verify`` and ``notation verify`` succeed against dtr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +31,7 @@ import pytest
 from dtr.app import build_registry, close_registry, signing_service
 from dtr.config import load_settings
 from dtr.signing.keys import TrustedKey
+from tests.e2e.test_auth_clients import Admin
 from tests.e2e.test_signing_recipes import (  # noqa: F401 - fixtures
     OFFLINE,
     Tools,
@@ -235,3 +242,130 @@ def test_revoked_key_blocks_tag_pulls(gate: Gate) -> None:
     assert rc != 0
     assert "revoked" in out, out
 
+
+
+def _legacy_sig_parts(gate: Gate, digest: str) -> tuple[dict[str, Any], bytes]:
+    """The ``.sig`` manifest real cosign wrote for ``digest`` in ``staging/app``, and its
+    simple-signing payload."""
+    tag = digest.replace(":", "-") + ".sig"
+    with httpx.Client(base_url=gate.server.url, timeout=30) as http:
+        doc = http.get(f"/v2/staging/app/manifests/{tag}", headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+        layer = doc["layers"][0]
+        payload = http.get(f"/v2/staging/app/blobs/{layer['digest']}").content
+    return doc, payload
+
+
+def _push_sig(gate: Gate, digest: str, doc: dict[str, Any], payload: bytes) -> None:
+    """Push ``doc`` (its first layer = ``payload``, config copied) as the ``.sig`` tag of
+    ``digest`` in ``prod/app``."""
+    with httpx.Client(base_url=gate.server.url, timeout=30) as http:
+        for data in (payload, b"{}"):
+            d = "sha256:" + hashlib.sha256(data).hexdigest()
+            r = http.post(f"/v2/{PROD}/blobs/uploads/", params={"digest": d}, content=data)
+            assert r.status_code == 201, r.text
+        doc = json.loads(json.dumps(doc))
+        doc["layers"][0]["digest"] = "sha256:" + hashlib.sha256(payload).hexdigest()
+        doc["layers"][0]["size"] = len(payload)
+        doc["config"]["digest"] = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+        doc["config"]["size"] = 2
+        r = http.put(f"/v2/{PROD}/manifests/{digest.replace(':', '-')}.sig",
+                     content=json.dumps(doc).encode(),
+                     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("part", ["signature", "payload"])
+def test_tampered_cosign_signature_refused(gate: Gate, part: str) -> None:
+    """cosign signs in the unprotected staging repository; its signature, copied to prod
+    with one byte of the signature or of the signed payload changed, does not make the
+    digest trusted (the untouched copy does: the tamper is what is refused)."""
+    digest = gate.staged(f"tamper-{part}")
+    gate.run("cosign", "sign", "--key", str(gate.keys["trusted"]), *OFFLINE,
+             "--new-bundle-format=false", f"{gate.reg}/staging/app@{digest}")
+    gate.run("crane", "copy", f"{gate.reg}/staging/app@{digest}", f"{gate.reg}/{PROD}@{digest}")
+    doc, payload = _legacy_sig_parts(gate, digest)
+    annotation = "dev.cosignproject.cosign/signature"
+    bad = json.loads(json.dumps(doc))
+    if part == "signature":
+        raw = bytearray(base64.b64decode(bad["layers"][0]["annotations"][annotation]))
+        raw[-1] ^= 0x01
+        bad["layers"][0]["annotations"][annotation] = base64.b64encode(bytes(raw)).decode()
+        bad_payload = payload
+    else:
+        bad_payload = re.sub(rb'"type"\s*:', b'"type" :', payload, count=1)
+        assert bad_payload != payload
+    _push_sig(gate, digest, bad, bad_payload)
+    rc, out = gate.tag(digest, f"tamper-{part}")
+    assert rc != 0
+    assert "signature required" in out, out
+    _push_sig(gate, digest, doc, payload)
+    rc, out = gate.tag(digest, f"tamper-{part}")
+    assert rc == 0, out
+
+
+# -- a gated server with authentication on --------------------------------------------------------
+RELEASER_PW = "releaser-password-1"
+VIEWER_PW = "viewer-password-1"
+
+
+@pytest.fixture(scope="module")
+def secured_gate(gate: Gate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DtrServer]:
+    """dtr with auth on and ``prod/**`` protected by the trusted key: ``releaser`` may push
+    to ``prod/**``, ``viewer`` may only pull."""
+    data = tmp_path_factory.mktemp("secured-gate")
+    config = data / "dtr.yaml"
+    config.write_text(json.dumps({"signing": {"policies": [{
+        "name": "prod-signing", "repositories": "prod/**",
+        "keys": [{"pem_file": str(gate.keys["trusted"].with_suffix(".pub")),
+                  "name": "ci"}]}]}}))
+    with dtr_server(data, auth=True, extra={"DTR_CONFIG": str(config)}) as server:
+        admin = Admin(server)
+        admin.call("POST", "/orgs", {"name": "prod"})
+        for name, pw, role in (("releaser", RELEASER_PW, "developer"),
+                               ("viewer", VIEWER_PW, "reader")):
+            admin.call("POST", "/users", {"name": name, "password": pw})
+            admin.call("POST", "/grants", {"subject": f"user:{name}", "org": "prod",
+                                           "repository": "**", "role": role})
+        yield server
+
+
+def _token(server: DtrServer, user: str, password: str, scope: str) -> str:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        challenge = http.get("/v2/").headers["www-authenticate"]
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        r = http.get(params["realm"], params={"service": params["service"], "scope": scope},
+                     auth=(user, password))
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+
+def test_quarantined_reads_follow_push_permission_not_user_agent(
+        gate: Gate, secured_gate: DtrServer) -> None:
+    """A pull-only user cannot read a quarantined digest, with a real skopeo or while
+    claiming to be cosign or notation; the releaser (push permission) can, whatever its
+    User-Agent."""
+    digest = gate.staged("secured-ua")
+    rc, out = gate.skopeo("copy", "--preserve-digests", "--src-tls-verify=false",
+                          "--dest-tls-verify=false", "--dest-creds", f"releaser:{RELEASER_PW}",
+                          f"docker://{gate.reg}/staging/app@{digest}",
+                          f"docker://{secured_gate.addr}/{PROD}@{digest}")
+    assert rc == 0, out
+    rc, out = gate.skopeo("inspect", "--raw", "--tls-verify=false", "--creds",
+                          f"viewer:{VIEWER_PW}", f"docker://{secured_gate.addr}/{PROD}@{digest}")
+    assert rc != 0
+    assert "denied" in out.lower(), out
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    scope = f"repository:{PROD}:pull"
+    viewer = _token(secured_gate, "viewer", VIEWER_PW, scope)
+    releaser = _token(secured_gate, "releaser", RELEASER_PW, f"{scope},push")
+    with httpx.Client(base_url=secured_gate.url, timeout=30) as http:
+        for agent in ("cosign/v3.1.2 (linux; amd64)", "notation/v1.3.2",
+                      "sigstore-go/1.0"):
+            r = http.get(f"/v2/{PROD}/manifests/{digest}", headers={
+                **accept, "User-Agent": agent, "Authorization": f"Bearer {viewer}"})
+            assert r.status_code == 403, (agent, r.text)
+            assert r.json()["errors"][0]["code"] == "DENIED"
+        r = http.get(f"/v2/{PROD}/manifests/{digest}", headers={
+            **accept, "User-Agent": "curl/8", "Authorization": f"Bearer {releaser}"})
+        assert r.status_code == 200, r.text
