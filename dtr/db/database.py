@@ -22,6 +22,7 @@ The caller's context variables (the request context) reach the transaction's thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import fcntl
 import os
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -69,7 +70,10 @@ def _transaction(fn: TxFn[T], hooks: list[CommitHook]) -> TxFn[T]:
                 hook(conn)
             return result
         finally:
-            conn.info.pop(_TX_KEY, None)
+            # never mask the real outcome (a cancellation mid-statement leaves the
+            # connection invalid, and reading its info then raises)
+            with contextlib.suppress(SQLAlchemyError):
+                conn.info.pop(_TX_KEY, None)
 
     return run
 
