@@ -36,10 +36,13 @@ bench: env ## Benchmark dtr against distribution v3 and write docs/performance.m
 bench-auth: env ## Benchmark dtr with authentication on vs off and write docs/performance.md
 	uv run python scripts/bench.py --compare auth $(ARGS)
 
+bench-audit: env ## Benchmark the audit query API on PostgreSQL with 1M events; docs/performance.md
+	uv run python scripts/bench_audit.py $(ARGS)
+
 bench-signing: env ## Measure what the signing gate adds to a tag push and write docs/performance.md
 	uv run python scripts/bench_signing.py $(ARGS)
 
 db-upgrade: env ## Upgrade the database schema
 	uv run dtr db upgrade
 
-.PHONY: help env serve test check lint types peers conformance bench bench-auth bench-signing db-upgrade
+.PHONY: help env serve test check lint types peers conformance bench bench-auth bench-signing bench-audit db-upgrade

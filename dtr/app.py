@@ -26,8 +26,11 @@ from dtr.api.oidc import build_oidc_router
 from dtr.api.problems import app_exception_handlers
 from dtr.api.token import build_token_routes
 from dtr.audit.checkpoints import CheckpointKeys
+from dtr.audit.config import record_config
+from dtr.audit.forward import Forwarder
 from dtr.audit.maintenance import AuditMaintenance
 from dtr.audit.recorder import AuditRecorder
+from dtr.audit.retention import RetentionPolicy
 from dtr.auth import accounts
 from dtr.auth.accounts import AccountService
 from dtr.auth.credentials import CredentialVerifier
@@ -43,6 +46,7 @@ from dtr.db.database import Database
 from dtr.db.engine import current_revision
 from dtr.db.migrate import head_revision
 from dtr.db.reads import FastReads, make_fast_reads
+from dtr.events import SecurityEvent
 from dtr.policy import admin as policy_admin
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
@@ -152,18 +156,19 @@ def build_security(settings: Settings, db: Database, reads: FastReads | None = N
     limiter = LoginLimiter(db, a.login_failures_per_account, a.login_failures_per_ip,
                            a.login_failure_window_seconds)
     proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies)
+    events = recorder or AuditRecorder(db, fail_closed=settings.audit.fail_closed,
+                                       max_pending=settings.audit.max_pending)
     return Security(
         settings=a, db=db, accounts=AccountService(db),
         credentials=CredentialVerifier(
             db, limiter, local_login=a.oidc.local_login or not a.oidc.enabled,
-            bootstrap_admin=a.admin_username),
+            bootstrap_admin=a.admin_username, events=events),
         policy=PolicyEngine(db, refresh_seconds=a.policy_refresh_seconds,
                             version_reader=reads.policy_version if reads else None),
         policy_admin=PolicyAdmin(db), keys=keys,
         issuer=TokenIssuer(keys, a.token.issuer, a.token.lifetime_seconds),
         verifier=TokenVerifier(keys, a.token.issuer), trusted_proxies=proxies,
-        events=recorder or AuditRecorder(db, fail_closed=settings.audit.fail_closed,
-                                         max_pending=settings.audit.max_pending),
+        events=events,
         providers=Providers(allow_http=a.oidc.allow_http, ca_file=a.oidc.ca_file,
                             clock_skew=a.oidc.clock_skew_seconds))
 
@@ -190,7 +195,8 @@ def signing_service(registry: Registry) -> PolicyService:
 
 
 async def bootstrap_admin(security: Security, password: str | None) -> str | None:
-    """Create the first system administrator when no user exists yet.
+    """Create the first system administrator when no user exists yet (recorded as
+    ``user.created`` with ``bootstrap`` in its detail, in the same transaction).
 
     Returns:
         The password when one was generated (to print once), else None.
@@ -202,7 +208,12 @@ async def bootstrap_admin(security: Security, password: str | None) -> str | Non
     def tx(conn: Connection) -> bool:
         created = accounts.ensure_admin(conn, name, chosen)
         if created:
-            policy_admin.create_grant(conn, f"user:{name}", "*", "**", "admin")
+            grant = policy_admin.create_grant(conn, f"user:{name}", "*", "**", "admin")
+            security.events.record(conn, SecurityEvent(
+                action="user.created", outcome="allow", actor_kind="system", actor="dtr",
+                resource=name,
+                detail={"bootstrap": True, "sign_in": "password", "grant": grant.line,
+                        "password": "generated" if generated else "DTR_ADMIN_PASSWORD"}))
         return created
 
     created = await security.db.run(tx, write=True)
@@ -220,24 +231,29 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     maintenance = AuditMaintenance(
         registry.store.db, checkpoint_keys(security.keys),
         every_events=settings.audit.checkpoint_events,
-        every_seconds=settings.audit.checkpoint_seconds)
+        every_seconds=settings.audit.checkpoint_seconds,
+        retention=RetentionPolicy.of(settings.audit))
+    forwarder = Forwarder.from_settings(settings, registry.store.db, hold=recorder.hold)
     sso = LoginService(settings.auth.oidc, security.db, security.providers, security.keys,
                        security.events)
     access: AccessControl = (TokenAccess(security, settings.server.public_url)
                              if settings.auth.enabled else OpenAccess())
     ctx = OciContext(registry, access, settings.server.public_url,
-                     settings.registry.chunk_min_bytes)
+                     settings.registry.chunk_min_bytes, events=security.events,
+                     record_pulls=settings.audit.record_pulls)
 
     signing = signing_service(registry)
 
     async def startup() -> None:
         await check_schema(registry)
+        await record_config(registry.store.db, recorder, settings)
         if settings.signing.policies:
             await signing.seed(signing_policies(settings.signing))
         if ensure is not None:
             await ensure()
         await security.policy.start()
         maintenance.start()
+        forwarder.start()
         if not settings.auth.enabled:
             return
         generated = await bootstrap_admin(security, os.environ.get(ADMIN_PASSWORD_ENV))
@@ -247,6 +263,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
                         security.settings.admin_username, generated)
 
     async def shutdown() -> None:
+        await forwarder.aclose()
         await maintenance.aclose()
         await recorder.aclose()
         await security.policy.close()
@@ -255,7 +272,8 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
 
     handlers: list[ControllerRouterHandler] = [*build_routes(ctx, settings.registry.max_blob_bytes),
                 *build_token_routes(security),
-                build_admin_router(security, settings.auth, registry),
+                build_admin_router(security, settings.auth, registry,
+                                   checkpoint_keys(security.keys)),
                 build_oidc_router(security, sso, settings.server.public_url)]
     app = Litestar(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
                    openapi_config=openapi_config(), middleware=[audit_context(security)],
@@ -264,6 +282,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     app.state.signing = signing
     app.state.security = security
     app.state.audit = recorder
+    app.state.forwarder = forwarder
     app.state.sso = sso
     return app
 

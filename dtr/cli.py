@@ -226,10 +226,11 @@ def gc(config: str | None, dry_run: bool, upload_max_age: int | None,
 
 
 def _register_admin_commands() -> None:
-    """The admin API mirror (``dtr login``, ``dtr org …``, ``dtr policy …``)."""
+    """The admin API mirror (``dtr login``, ``dtr org …``, ``dtr policy …``, ``dtr audit …``)."""
     from dtr.cli_admin import ADMIN_COMMANDS  # noqa: PLC0415
+    from dtr.cli_audit import audit  # noqa: PLC0415
 
-    for command in ADMIN_COMMANDS:
+    for command in [*ADMIN_COMMANDS, audit]:
         main.add_command(command)
 
 

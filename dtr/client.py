@@ -5,6 +5,8 @@ raised as ``ApiError``. Imports httpx only (never litestar or the server layers)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -106,6 +108,24 @@ class AdminClient:
     def delete(self, path: str) -> Any:
         """DELETE ``path``."""
         return self.request("DELETE", path)
+
+    @contextlib.contextmanager
+    def stream(self, path: str, params: dict[str, Any] | None = None,
+               ) -> Iterator[httpx.Response]:
+        """GET ``path`` without reading the body: iterate ``response.iter_bytes()``.
+
+        Raises:
+            ApiError: a 4xx/5xx answer (its problem detail) or a transport failure.
+        """
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            with self._http.stream("GET", path, params=clean or None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _problem(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise ApiError(0, "cannot reach the server", f"{self.url}: {exc}") from None
 
 
 def _problem(response: httpx.Response) -> ApiError:

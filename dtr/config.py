@@ -20,6 +20,11 @@ import yaml
 
 ENV_PREFIX = "DTR_"
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_SINK_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_SYSLOG_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(:[0-9]{1,5})?")
+"""``host``, ``host:port`` or ``[v6]:port``."""
+_SD_ID = re.compile(r"[!#-<>?A-\\^-~]+@[0-9]+(?:\.[0-9]+)*")
+"""An RFC 5424 private SD-ID: printable ASCII but ``= ] " @`` and space, ``@``, a number."""
 
 
 class ConfigError(Exception):
@@ -298,6 +303,67 @@ class SigningSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     not raced by garbage collection."""
 
 
+SyslogFacility = Literal["kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
+                         "uucp", "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock",
+                         "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+                         "local7"]
+"""RFC 5424 facility names, in code order (``kern`` = 0 … ``local7`` = 23)."""
+
+
+class AuditSinkSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A destination audit events are forwarded to (``audit.sinks``; docs/audit.md)."""
+
+    name: str
+    """Unique name (lower case, digits, ``.``, ``_``, ``-``); keys the sink's delivered
+    position, so renaming a sink starts it again from the oldest stored event."""
+    type: Literal["stdout", "syslog", "webhook"]
+    """``stdout`` (JSON lines), ``syslog`` (RFC 5424 over TCP, or TLS with ``tls``) or
+    ``webhook`` (CloudEvents over HTTP(S))."""
+    enabled: bool = True
+    """``false`` keeps the sink's position but delivers nothing (and its backlog does not
+    count for ``audit.fail_closed_backlog``)."""
+    address: str = ""
+    """syslog: ``host:port`` of the receiver (``[v6]:port``; the port defaults to 6514 with
+    TLS, 514 without)."""
+    url: str = ""
+    """webhook: the ``http://`` or ``https://`` URL events are POSTed to."""
+    tls: bool = False
+    """syslog: RFC 5425 TLS instead of plain TCP (webhooks use TLS for ``https://`` URLs)."""
+    ca_file: str = ""
+    """PEM bundle trusted for the receiver's certificate; empty = the system CAs."""
+    cert_file: str = ""
+    """PEM client certificate (chain) presented to the receiver (mutual TLS)."""
+    key_file: str = ""
+    """PEM private key of ``cert_file``."""
+    server_name: str = ""
+    """Name the receiver's certificate must carry; empty = the host of ``address``/``url``."""
+    check_server_name: bool = True
+    """Check the certificate's name; ``false`` accepts any certificate the CA issued
+    (rsyslog's ``x509/certvalid``). The chain is always verified."""
+    facility: SyslogFacility = "authpriv"
+    """syslog facility (``authpriv``: security/authorization messages)."""
+    sd_id: str = "dtr@32473"
+    """syslog structured-data id; 32473 is the documentation enterprise number (RFC 5612):
+    use your organization's own when it has one."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """webhook: extra HTTP headers sent with every request."""
+    token: str = ""
+    """webhook: bearer token sent as ``Authorization: Bearer …``."""
+    token_file: str = ""
+    """webhook: a file holding the bearer token, instead of ``token``."""
+    hmac_secret: str = ""
+    """webhook: key of the ``X-Dtr-Signature: sha256=<hex HMAC-SHA256 of the body>``
+    header."""
+    hmac_secret_file: str = ""
+    """webhook: a file holding the HMAC key, instead of ``hmac_secret``."""
+    batch_size: int = 100
+    """Most events read and delivered at once; the delivered position advances per batch."""
+    retry_max_seconds: float = 60.0
+    """Longest wait between delivery attempts (exponential backoff with jitter up to it)."""
+    timeout_seconds: float = 10.0
+    """Connect, send and confirm timeout of one delivery."""
+
+
 class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The audit log."""
 
@@ -314,6 +380,22 @@ class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Sign a checkpoint after this many events..."""
     checkpoint_seconds: float = 60.0
     """...or when unsigned events are this old."""
+    retention_days: int = 0
+    """Remove events older than this many days; 0 keeps them forever. On PostgreSQL whole
+    partitions (``partition_days`` each) are dropped, so events are kept up to
+    ``partition_days`` longer; a signed checkpoint keeps the rest verifiable."""
+    partition_days: int = 7
+    """PostgreSQL: days of events per partition of ``audit_event`` (aligned to Monday
+    2000-01-03 UTC, so every replica computes the same bounds)."""
+    retention_interval_seconds: float = 3600.0
+    """How often one replica applies retention (partitions are created daily)."""
+    sinks: list[AuditSinkSettings] = msgspec.field(default_factory=list)
+    """Where events are forwarded (stdout, syslog, webhook); see docs/audit.md."""
+    forward_poll_seconds: float = 1.0
+    """How often each process looks for new events to forward (and updates backlogs)."""
+    fail_closed_backlog: int = 0
+    """Refuse (503) every request that records an event while an enabled sink is more than
+    this many events behind; 0 = off."""
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -489,6 +571,53 @@ def _validate_audit(a: AuditSettings) -> None:
         raise ConfigError("audit.checkpoint_events: must be at least 1")
     if a.checkpoint_seconds <= 0:
         raise ConfigError("audit.checkpoint_seconds: must be more than 0")
+    if a.retention_days < 0:
+        raise ConfigError("audit.retention_days: must not be negative (0 keeps forever)")
+    if not 1 <= a.partition_days <= 366:
+        raise ConfigError("audit.partition_days: must be between 1 and 366")
+    if a.retention_interval_seconds < 1:
+        raise ConfigError("audit.retention_interval_seconds: must be at least 1")
+    if a.forward_poll_seconds <= 0:
+        raise ConfigError("audit.forward_poll_seconds: must be more than 0")
+    if a.fail_closed_backlog < 0:
+        raise ConfigError("audit.fail_closed_backlog: must not be negative")
+    names: set[str] = set()
+    for sink in a.sinks:
+        if not _SINK_NAME.fullmatch(sink.name):
+            raise ConfigError(f"audit.sinks: {sink.name!r} is not a valid sink name "
+                              "(lower case, digits, '.', '_', '-'; at most 64)")
+        if sink.name in names:
+            raise ConfigError(f"audit.sinks.{sink.name}: duplicate sink name")
+        names.add(sink.name)
+        _validate_sink(sink)
+
+
+def _validate_sink(s: AuditSinkSettings) -> None:
+    where = f"audit.sinks.{s.name}"
+    if s.batch_size < 1:
+        raise ConfigError(f"{where}.batch_size: must be at least 1")
+    if s.retry_max_seconds < 1:
+        raise ConfigError(f"{where}.retry_max_seconds: must be at least 1")
+    if s.timeout_seconds <= 0:
+        raise ConfigError(f"{where}.timeout_seconds: must be more than 0")
+    if bool(s.cert_file) != bool(s.key_file):
+        raise ConfigError(f"{where}: set both cert_file and key_file or neither")
+    if s.type == "syslog":
+        if not _SYSLOG_ADDRESS.fullmatch(s.address):
+            raise ConfigError(f"{where}.address: set host:port (no scheme) for syslog")
+        if not s.tls and (s.ca_file or s.cert_file):
+            raise ConfigError(f"{where}: ca_file and cert_file need tls: true")
+        if len(s.sd_id) > 32 or not _SD_ID.fullmatch(s.sd_id):
+            raise ConfigError(f"{where}.sd_id: an RFC 5424 SD-ID is name@number")
+    if s.type == "webhook":
+        if not s.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.url: set an http:// or https:// URL")
+        if s.url.startswith("http://") and (s.ca_file or s.cert_file):
+            raise ConfigError(f"{where}: ca_file and cert_file need an https:// url")
+        if s.token and s.token_file:
+            raise ConfigError(f"{where}: set token or token_file, not both")
+        if s.hmac_secret and s.hmac_secret_file:
+            raise ConfigError(f"{where}: set hmac_secret or hmac_secret_file, not both")
 
 
 def _validate_signing(g: SigningSettings) -> None:

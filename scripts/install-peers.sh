@@ -44,6 +44,14 @@ for row in "${DEBIAN_PEERS[@]}"; do
   fi
 done
 
+# rsyslog: the syslog receiver of the audit forwarding tests (imtcp; rsyslog-gnutls adds
+# the TLS driver, a module with no command of its own, so its package status is checked).
+if want rsyslog && ! { [ -x /usr/sbin/rsyslogd ] \
+    && dpkg-query -W -f='${Status}' rsyslog-gnutls 2>/dev/null | grep -q 'ok installed'; }; then
+  echo "peers: installing Debian packages rsyslog rsyslog-gnutls"
+  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsyslog rsyslog-gnutls >/dev/null
+fi
+
 if want postgresql && ! [ -x /usr/lib/postgresql/15/bin/postgres ]; then
   echo "peers: installing Debian package postgresql"
   (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null

@@ -28,7 +28,13 @@ from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
 from dtr.config import AuthSettings
 from dtr.db.database import Database
 from dtr.errors import InvalidToken, Unauthorized
-from dtr.events import LogSecurityEvents, RequestContext, SecurityEvents, set_context
+from dtr.events import (
+    LogSecurityEvents,
+    RequestContext,
+    SecurityEvents,
+    current_context,
+    set_context,
+)
 from dtr.policy.admin import PolicyAdmin
 from dtr.policy.enforcer import PolicyEngine
 
@@ -107,19 +113,25 @@ class Security:
             return ANONYMOUS
         ip = self.client_ip(request)
         if scheme == "bearer" and value.startswith(PAT_PREFIX):
-            return await self.credentials.verify_pat(value, ip)
-        if scheme == "bearer" and value.startswith(SESSION_PREFIX):
-            return await self.credentials.verify_session(value, ip)
-        if scheme == "bearer":
+            found = await self.credentials.verify_pat(value, ip)
+        elif scheme == "bearer" and value.startswith(SESSION_PREFIX):
+            found = await self.credentials.verify_session(value, ip)
+        elif scheme == "bearer":
             # registry tokens carry repository scopes for /v2 only; the admin API takes
             # personal access tokens or Basic credentials
             raise InvalidToken("the admin API takes a personal access token "
                                "(Bearer dtr_pat_...), an OIDC session token (Bearer "
                                "dtr_ses_...) or Basic credentials, not a registry token")
-        if scheme == "basic":
+        elif scheme == "basic":
             username, password = basic_credentials(value)
-            return await self.credentials.verify_basic(username, password, ip)
-        raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
+            found = await self.credentials.verify_basic(username, password, ip)
+        else:
+            raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
+        ctx = current_context()  # the caller of every event this request records
+        if ctx is not None and not found.is_anonymous:
+            ctx.identify(kind=found.kind, name=found.name, subject=found.subject,
+                         method=found.method, token_id=found.token_id)
+        return found
 
 
 def audit_context(security: Security) -> Any:

@@ -16,6 +16,13 @@ registry token lives the trust's lifetime (≤ 1 h), never comes with a refresh 
 its access is ``requested ∩ policy of the robot ∩ the trust's scopes``. A refusal is a 401
 with the OAuth error ``invalid_grant`` and a description naming the problem; failures count
 against the client address in the login limiter; a provider that is down is a 503.
+
+Audit: the authenticated caller is named in the request context; logins are reported by
+the credential verifier (``auth.login``); every token issued is ``auth.token.issued``
+(requested and granted scopes, the token's ``jti``) with one ``access.denied`` per
+requested repository action that was not granted (the policy's rule and reason, or
+``token_scope`` when a personal access token's scopes left it out); a refresh token is
+created together with its ``token.created`` event, in one transaction.
 """
 
 from __future__ import annotations
@@ -27,14 +34,20 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from sqlalchemy import Connection
 
 from dtr.api.context import Req, Security, basic_credentials
 from dtr.api.federation import federation_service
+from dtr.api.oci.audit import TOKEN_CREATED, TOKEN_ISSUED, access_denied
+from dtr.auth import accounts
+from dtr.auth.accounts import NewSecret, TokenInfo
+from dtr.auth.federation import ACTION as FEDERATION_ACTION
 from dtr.auth.federation import FederationRefused, FederationService
 from dtr.auth.oidc import IdTokenRefused
 from dtr.auth.principal import ANONYMOUS, Principal
 from dtr.auth.scopes import Scope, parse_scopes, scope_allows
 from dtr.errors import DtrError, Invalid, RateLimited, Unauthorized, Unavailable
+from dtr.events import SecurityEvent, current_context
 from dtr.policy.actions import REPO_ACTIONS
 
 log = logging.getLogger("dtr.api.token")
@@ -89,14 +102,28 @@ def _render(exc: DtrError) -> Response[bytes]:
     return _error(status, "UNAVAILABLE", exc.message, {"Retry-After": "5"})
 
 
+MAX_DENIED_EVENTS = 32
+"""``access.denied`` events one token request records at most (a request can name
+thousands of scopes); the rest are counted in its ``auth.token.issued`` event, whose
+``requested`` and ``granted`` lists still show every one."""
+Refusal = tuple[str, str, bool]
+"""A requested repository action not granted: (repository, action, by the personal access
+token's scopes rather than the policy); action ``*`` when a ``*`` scope got nothing."""
+
+
 class TokenService:
     """Issues registry tokens for authenticated principals."""
 
     def __init__(self, security: Security) -> None:
         self.security = security
 
-    def grant(self, principal: Principal, scopes: list[Scope]) -> list[dict[str, Any]]:
-        """The ``access`` claim: each requested scope narrowed to what is allowed."""
+    def grant(self, principal: Principal, scopes: list[Scope],
+              refused: list[Refusal] | None = None) -> list[dict[str, Any]]:
+        """The ``access`` claim: each requested scope narrowed to what is allowed.
+
+        Requested repository actions left out are appended to ``refused`` (for a ``*``
+        scope, only when nothing at all is granted: ``*`` asks for whatever is allowed).
+        """
         policy = self.security.policy
         access: list[dict[str, Any]] = []
         for scope in scopes:
@@ -105,14 +132,78 @@ class TokenService:
                 continue
             if scope.type != "repository":
                 continue
-            wanted = REPO_ACTIONS if "*" in scope.actions else tuple(
+            star = "*" in scope.actions
+            asked = REPO_ACTIONS if star else tuple(
                 a for a in scope.actions if a in REPO_ACTIONS)
+            wanted = asked
             if principal.scopes is not None:
-                wanted = tuple(a for a in wanted
+                wanted = tuple(a for a in asked
                                if scope_allows(principal.scopes, scope.name, a))
             granted = list(policy.granted(principal.subject, scope.name, wanted))
             access.append({"type": "repository", "name": scope.name, "actions": granted})
+            if refused is not None and len(granted) < len(asked):
+                if star:
+                    if not granted:
+                        refused.append((scope.name, "*", not wanted))
+                else:
+                    refused.extend((scope.name, a, a not in wanted) for a in asked
+                                   if a not in granted)
         return access
+
+    async def _report(self, principal: Principal, scopes: list[Scope],
+                      access: list[dict[str, Any]], refused: list[Refusal], jti: str,
+                      expires_in: int) -> None:
+        """``access.denied`` for each refusal (the policy's explanation), then
+        ``auth.token.issued``.
+        """
+        events = self.security.events
+        for repository, action, by_token in refused[:MAX_DENIED_EVENTS]:
+            if by_token:
+                await events.emit(access_denied(
+                    repository, action, "token_scope",
+                    token_scopes=list(principal.scopes or ())))
+                continue
+            decision = self.security.policy.decide(
+                principal.subject, repository, "pull" if action == "*" else action)
+            await events.emit(access_denied(repository, action, decision.reason,
+                                            decision.line, chain=list(decision.chain)))
+        detail: dict[str, Any] = {
+            "requested": [str(s) for s in scopes],
+            "granted": [f"{a['type']}:{a['name']}:{','.join(a['actions'])}"
+                        for a in access if a["actions"]],
+            "expires_in": expires_in}
+        if principal.token_id and principal.method in ("pat", "refresh_token", "federation"):
+            detail["credential_id"] = principal.token_id
+        if len(refused) > MAX_DENIED_EVENTS:
+            detail["denials_not_recorded"] = len(refused) - MAX_DENIED_EVENTS
+        await events.emit(SecurityEvent(
+            action=TOKEN_ISSUED, outcome="allow", actor_kind=principal.kind,
+            actor=principal.name, actor_id="" if principal.is_anonymous else principal.subject,
+            method=principal.method, token_id=jti, detail=detail))
+
+    async def _create_refresh_token(self, principal: Principal) -> str:
+        """A new refresh token for ``principal`` (the secret), created in one transaction
+        with its ``token.created`` event.
+        """
+        sec = self.security
+        days = sec.settings.token.refresh_lifetime_days
+        label = f"refresh {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+
+        def create(conn: Connection) -> NewSecret[TokenInfo]:
+            created = accounts.create_token(conn, principal.name, label, kind="refresh",
+                                            scopes=principal.scopes, expires_at=expires_at)
+            info = created.info
+            sec.events.record(conn, SecurityEvent(
+                action=TOKEN_CREATED, outcome="allow", resource=f"token:{info.id}",
+                token_id=info.id, detail={
+                    "kind": info.kind, "name": info.name, "account": info.account,
+                    "scopes": None if info.scopes is None else list(info.scopes),
+                    "expires_at": None if info.expires_at is None
+                    else info.expires_at.isoformat()}))
+            return created
+
+        return (await sec.db.run(create, write=True)).secret
 
     async def issue(self, request: Req, principal: Principal, scopes: list[Scope],
                     offline: bool, refresh_token: str | None = None, *,
@@ -121,25 +212,26 @@ class TokenService:
         overrides the configured token lifetime (federated exchanges).
         """
         sec = self.security
+        ctx = current_context()
+        if ctx is not None:
+            ctx.identify(kind=principal.kind, name=principal.name, subject=principal.subject,
+                         method=principal.method, token_id=principal.token_id)
         if scopes:
             # one version read: a grant made a moment ago through another worker or
             # replica counts for the very next login, not only after the next poll
             await sec.policy.refresh()
-        access = self.grant(principal, scopes)
+        refused: list[Refusal] = []
+        access = self.grant(principal, scopes, refused)
         issued = sec.issuer.issue(principal, sec.service(request), access, lifetime=lifetime)
         # the client's next request (often to this worker) skips the signature check
         sec.verifier.remember_issued(issued, sec.issuer)
+        await self._report(principal, scopes, access, refused, issued.jti, issued.expires_in)
         body: dict[str, Any] = {"token": issued.token, "access_token": issued.token,
                                 "expires_in": issued.expires_in,
                                 "issued_at": issued.issued_at}
         if offline and not principal.is_anonymous:
             if refresh_token is None:
-                days = sec.settings.token.refresh_lifetime_days
-                created = await sec.accounts.create_token(
-                    principal.name, f"refresh {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
-                    kind="refresh", scopes=principal.scopes,
-                    expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=days))
-                refresh_token = created.secret
+                refresh_token = await self._create_refresh_token(principal)
             body["refresh_token"] = refresh_token
         body["scope"] = " ".join(
             f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access if a["actions"])
@@ -158,7 +250,13 @@ class TokenService:
         sec = self.security
         ip = sec.client_ip(request)
         limiter = sec.credentials.limiter
-        await limiter.check("", ip)
+        try:
+            await limiter.check("", ip)
+        except RateLimited:
+            await sec.events.emit(SecurityEvent(
+                action=FEDERATION_ACTION, outcome="deny", method="federation",
+                reason="rate_limited", client_ip=ip))
+            raise
         try:
             done = await federation.exchange(
                 id_token, client_ip=ip, user_agent=request.headers.get("user-agent", ""))

@@ -31,7 +31,7 @@ log = logging.getLogger("dtr.audit")
 _KEY = "audit"
 BATCH = 512
 """Most events one writer transaction chains."""
-_DENIED_ACTIONS = frozenset({"tag.denied"})
+_DENIED_ACTIONS = frozenset({"tag.denied", "manifest.pull.denied"})
 
 
 def from_registry_event(event: RegistryEvent) -> SecurityEvent:
@@ -72,14 +72,27 @@ class AuditRecorder:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._busy = False
+        self.refusal: str | None = None
+        """Why every event is refused right now (``audit.fail_closed_backlog``), or None."""
         db.before_commit.append(self._chain_pending)
+
+    def hold(self, reason: str | None) -> None:
+        """Refuse every event with ``Unavailable(reason)`` from now on, or (None) accept
+        them again: the forwarder's fail-closed backlog (``audit.fail_closed_backlog``).
+        """
+        self.refusal = reason
 
     # -- in a transaction ------------------------------------------------------------------
 
     def record(self, conn: Connection, event: RegistryEvent | SecurityEvent) -> None:
         """Keep ``event`` to be chained when the transaction of ``conn`` commits (nothing
         is written if it rolls back).
+
+        Raises:
+            Unavailable: events are refused (:meth:`hold`); the transaction rolls back.
         """
+        if self.refusal is not None:
+            raise Unavailable(self.refusal)
         audit = from_registry_event(event) if isinstance(event, RegistryEvent) else event
         tx_state(conn).setdefault(_KEY, []).append(stamped(audit))
 
@@ -94,8 +107,11 @@ class AuditRecorder:
         """Queue ``event`` for the writer; fail-closed: wait until it is committed.
 
         Raises:
-            Unavailable: fail-closed and the event could not be committed.
+            Unavailable: fail-closed and the event could not be committed, or events are
+                refused (:meth:`hold`).
         """
+        if self.refusal is not None:
+            raise Unavailable(self.refusal)
         done: asyncio.Future[None] | None = None
         if self.fail_closed:
             done = asyncio.get_running_loop().create_future()

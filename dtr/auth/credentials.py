@@ -6,6 +6,12 @@ secrets are right (and whether local passwords are allowed at all: ``local_login
 Every check reads the database (the failed-login rows and the account or token row), so a
 change counts at the next login; on SQLite that read runs inline on a plain ``sqlite3``
 connection (``dtr.auth.loginreads``), without a thread hop.
+
+Every outcome is reported as an ``auth.login`` :class:`~dtr.events.SecurityEvent` through
+the injected :class:`~dtr.events.SecurityEvents` (the audit log): a failure in the
+transaction that counts it in ``login_failure``, a refusal that writes nothing (rate
+limited, local logins off) and a success on its own, or in the transaction that records
+``last_login_at`` when there is one.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from dtr.auth.ratelimit import LoginLimiter
 from dtr.db.base import utcnow
 from dtr.db.database import Database
 from dtr.db.models import AccessToken, Account
-from dtr.errors import Unauthorized
+from dtr.errors import RateLimited, Unauthorized
+from dtr.events import LogSecurityEvents, SecurityEvent, SecurityEvents
 
 BAD_LOGIN = "invalid username or password"
 BAD_TOKEN = "invalid, expired or revoked token"  # noqa: S105 (a message, not a secret)
@@ -49,6 +56,8 @@ TOUCH_INTERVAL = dt.timedelta(seconds=60)
 _MAX_USERNAME = 255
 _TOKEN_METHODS: dict[str, AuthMethod] = {"pat": "pat", "refresh": "refresh_token",
                                          "session": "oidc"}
+LOGIN = "auth.login"
+"""The action of every login event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,14 @@ class CredentialVerifier:
     * Nothing about the account, the token or the failed logins is remembered between
       checks: each one reads them (inline on SQLite, see ``dtr.auth.loginreads``).
 
+    * Every check of a presented secret is reported as an ``auth.login`` event to
+      ``events``: failures (``deny``, with a ``reason``: ``unknown_account``,
+      ``bad_password``, ``unknown_token``, ``bad_token``, ``disabled``, ``expired``,
+      ``revoked``, ``token_expired``, ``session_token``) in the transaction that counts
+      them; ``rate_limited`` and ``local_login_disabled`` refusals on their own. Successes
+      (``allow``) of :meth:`verify_basic` and :meth:`verify_refresh_token` (logins) are
+      reported too; those of :meth:`verify_pat` and :meth:`verify_session` (a bearer token
+      authenticating one admin API request) are not. The reason never reaches the client.
     * A session token (``dtr_ses_…``) presented as a password is refused with
       :data:`SESSION_NOT_PASSWORD` (it is for the admin API only). With
       ``local_login=False`` user passwords are refused with :data:`LOCAL_LOGIN_OFF`
@@ -119,13 +136,16 @@ class CredentialVerifier:
         recheck_seconds: how long :meth:`still_valid` answers are cached.
         local_login: accept user passwords (``auth.oidc.local_login``).
         bootstrap_admin: the user whose password works even without ``local_login``.
+        events: where login outcomes are reported (the audit log; JSON log lines when
+            not given).
     """
 
     def __init__(self, db: Database, limiter: LoginLimiter,
                  recheck_seconds: float = 5.0, *, local_login: bool = True,
-                 bootstrap_admin: str = "admin") -> None:
+                 bootstrap_admin: str = "admin", events: SecurityEvents | None = None) -> None:
         self.db = db
         self.limiter = limiter
+        self.events: SecurityEvents = events or LogSecurityEvents()
         self.recheck_seconds = recheck_seconds
         self.local_login = local_login
         self.bootstrap_admin = bootstrap_admin
@@ -174,42 +194,55 @@ class CredentialVerifier:
             RateLimited: too many failures for this username or address.
         """
         parsed = parse_token(password) if password.startswith("dtr_") else None
+        token_id = parsed[1] if parsed is not None else None
+        method: AuthMethod = ("pat" if parsed is not None else
+                              "robot_secret" if username.startswith("robot$") else "password")
         if parsed is not None and parsed[0] == "session":
-            await self._failed("", client_ip)
+            await self._failed("", client_ip, _attempt(
+                username, None, "oidc", "session_token", client_ip, token_id))
             raise Unauthorized(SESSION_NOT_PASSWORD)
         if (parsed is None and not self.local_login and not username.startswith("robot$")
                 and username != self.bootstrap_admin):
+            await self.events.emit(_attempt(username, None, method, "local_login_disabled",
+                                            client_ip))
             raise Unauthorized(LOCAL_LOGIN_OFF)
 
-        token_id = parsed[1] if parsed is not None else None
         name = username if parsed is None and _storable(username) else None
-        had_failures, login = await self._read(username, client_ip, token_id, name)
+        try:
+            had_failures, login = await self._read(username, client_ip, token_id, name)
+        except RateLimited:
+            await self.events.emit(_attempt(username, None, method, "rate_limited",
+                                            client_ip, token_id))
+            raise
         now = utcnow()
-        method: AuthMethod
         if parsed is not None:
-            method = "pat"
-            ok = (secret_matches(parsed[2], login.token_hash if login else None)
-                  and login is not None and parsed[0] == "pat" and login.token_kind == parsed[0]
-                  and login.kind == "user" and login.name == username)
-        elif username.startswith("robot$"):
-            method = "robot_secret"
-            ok = (secret_matches(password, login.secret_hash if login else None)
-                  and login is not None and login.kind == "robot")
+            secret_ok = secret_matches(parsed[2], login.token_hash if login else None)
+            ok = (secret_ok and login is not None and parsed[0] == "pat"
+                  and login.token_kind == parsed[0] and login.kind == "user"
+                  and login.name == username)
+        elif method == "robot_secret":
+            ok = secret_ok = (secret_matches(password, login.secret_hash if login else None)
+                              and login is not None and login.kind == "robot")
         else:
-            method = "password"
             stored = login.secret_hash if login is not None and login.kind == "user" else None
             ok = self._recently_verified(username, password, stored)
             if not ok:
                 ok = await verify_password_async(password, stored)
                 if ok and stored is not None:
                     self._remember(username, password, stored)
+            secret_ok = ok
         if not ok or login is None or not login.usable(now):
-            await self._failed(username, client_ip)
+            reason = _why(ok, login, now, token=parsed is not None)
+            owner = login if login is not None and login.name == username else None
+            await self._failed(username, client_ip, _attempt(
+                username, owner, method, reason, client_ip, token_id,
+                secret_ok=secret_ok))
             raise Unauthorized(BAD_LOGIN)
         rehash = None
         if method == "password" and login.secret_hash and needs_rehash(login.secret_hash):
             rehash = await hash_password_async(password)
-        await self._succeeded(login, now, username, client_ip, had_failures, rehash)
+        await self._succeeded(login, now, username, client_ip, had_failures, rehash,
+                              _success(login, method, client_ip))
         return _principal(login, method)
 
     async def _read(self, account: str, client_ip: str, token_id: str | None,
@@ -267,7 +300,7 @@ class CredentialVerifier:
             Unauthorized: ``"invalid, expired or revoked token"``.
             RateLimited: too many failures from this address.
         """
-        return await self._verify_token(token, "refresh", client_ip)
+        return await self._verify_token(token, "refresh", client_ip, login_event=True)
 
     async def verify_pat(self, token: str, client_ip: str) -> Principal:
         """Check a personal access token (``dtr_pat_…``; ``Authorization: Bearer`` on the
@@ -290,33 +323,57 @@ class CredentialVerifier:
         return await self._verify_token(token, "session", client_ip)
 
     async def _verify_token(self, token: str, kind: Literal["pat", "refresh", "session"],
-                            client_ip: str) -> Principal:
+                            client_ip: str, *, login_event: bool = False) -> Principal:
         # Token random parts carry 256 bits: guessing one is hopeless, so only the address
         # is limited (an account key would let anyone holding an id lock its owner out).
         parsed = parse_token(token)
-        login = (await self._read("", client_ip, parsed[1] if parsed else None, None))[1]
+        token_id = parsed[1] if parsed else None
+        method = _TOKEN_METHODS[kind]
+        try:
+            login = (await self._read("", client_ip, token_id, None))[1]
+        except RateLimited:
+            await self.events.emit(_attempt("", None, method, "rate_limited", client_ip,
+                                            token_id))
+            raise
         now = utcnow()
-        ok = (secret_matches(parsed[2] if parsed else "", login.token_hash if login else None)
-              and parsed is not None and login is not None and parsed[0] == kind
+        secret_ok = secret_matches(parsed[2] if parsed else "",
+                                   login.token_hash if login else None)
+        ok = (secret_ok and parsed is not None and login is not None and parsed[0] == kind
               and login.token_kind == kind and (kind == "refresh" or login.kind == "user"))
         if not ok or login is None or not login.usable(now):
-            await self._failed("", client_ip)
+            reason = _why(ok, login, now, token=True)
+            await self._failed("", client_ip, _attempt(
+                login.name if login else "", login, method, reason, client_ip, token_id,
+                secret_ok=secret_ok))
             raise Unauthorized(BAD_TOKEN)
-        await self._succeeded(login, now, "", client_ip, False, None)
-        return _principal(login, _TOKEN_METHODS[kind])
+        await self._succeeded(login, now, "", client_ip, False, None,
+                              _success(login, method, client_ip) if login_event else None)
+        return _principal(login, method)
 
-    async def _failed(self, account: str, client_ip: str) -> None:
-        await self.db.run(lambda conn: self.limiter.failed_tx(conn, account, client_ip),
-                          write=True)
+    async def _failed(self, account: str, client_ip: str, event: SecurityEvent) -> None:
+        """Count a failure and record its event, in one transaction."""
+        def write(conn: Connection) -> None:
+            self.limiter.failed_tx(conn, account, client_ip)
+            self.events.record(conn, event)
+
+        await self.db.run(write, write=True)
 
     async def _succeeded(self, login: _Login, now: dt.datetime, account: str, client_ip: str,
-                         had_failures: bool, rehash: str | None) -> None:
+                         had_failures: bool, rehash: str | None,
+                         event: SecurityEvent | None) -> None:
+        """Clear failures and touch ``last_login_at`` / ``last_used_at`` when due, and
+        record ``event`` (in that transaction when there is one, else on its own).
+        """
         touch_account = _stale(login.last_login_at, now)
         touch_token = login.token_id is not None and _stale(login.token_last_used_at, now)
         if not (touch_account or touch_token or had_failures or rehash):
+            if event is not None:
+                await self.events.emit(event)
             return
 
         def write(conn: Connection) -> None:
+            if event is not None:
+                self.events.record(conn, event)
             if had_failures:
                 self.limiter.succeeded_tx(conn, account, client_ip)
             if touch_account:
@@ -336,6 +393,58 @@ class CredentialVerifier:
 def _principal(login: _Login, method: AuthMethod) -> Principal:
     return Principal(login.kind, login.name, account_id=login.account_id, method=method,
                      token_id=login.token_id, scopes=decode_scopes(login.token_scopes))
+
+
+def _success(login: _Login, method: AuthMethod, client_ip: str) -> SecurityEvent:
+    """The ``auth.login`` event of a successful login."""
+    return SecurityEvent(action=LOGIN, outcome="allow", actor_kind=login.kind,
+                         actor=login.name, actor_id=f"{login.kind}:{login.name}",
+                         method=method, client_ip=client_ip, token_id=login.token_id or "")
+
+
+def _attempt(name: str, login: _Login | None, method: str, reason: str, client_ip: str,
+             token_id: str | None = None, *, secret_ok: bool = False) -> SecurityEvent:
+    """The ``auth.login`` event of a refused login.
+
+    ``name`` is the account name tried (kept printable: it may be anything the client
+    sent), ``login`` the account it named if that exists. ``detail.secret_ok`` says
+    whether the secret itself was right (a disabled account with its right password).
+    """
+    shown = _printable(name)
+    kind = login.kind if login is not None else (
+        "" if not shown else "robot" if shown.startswith("robot$") else "user")
+    return SecurityEvent(
+        action=LOGIN, outcome="deny", actor_kind=kind, actor=shown,
+        actor_id=f"{login.kind}:{login.name}" if login is not None else "", method=method,
+        reason=reason, client_ip=client_ip, token_id=token_id or "",
+        detail={"secret_ok": secret_ok} if login is not None else {})
+
+
+def _why(ok: bool, login: _Login | None, now: dt.datetime, *, token: bool) -> str:
+    """The audit reason of a refused login (never shown to the client)."""
+    if login is None:
+        return "unknown_token" if token else "unknown_account"
+    if not ok:
+        return "bad_token" if token else "bad_password"
+    if login.disabled:
+        return "disabled"
+    if _passed(login.expires_at, now):
+        return "expired"
+    if login.token_revoked_at is not None:
+        return "revoked"
+    if _passed(login.token_expires_at, now):
+        return "token_expired"
+    return "refused"
+
+
+def _printable(name: str) -> str:
+    """``name`` as text every database stores (NUL and lone surrogates escaped)."""
+    text = name.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _storable(name: str) -> bool:

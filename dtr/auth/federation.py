@@ -51,6 +51,10 @@ GrantFn = Callable[[Connection, str, str, str, str], object]
 ``create_grant``); raises ``Invalid``/``NotFound`` for a bad glob or role."""
 RemoveSubjectFn = Callable[[Connection, str], object]
 """``remove_subject(conn, subject)``: drop every grant of a subject (policy layer)."""
+OnChange = Callable[[Connection, "TrustInfo | None", "TrustInfo"], None]
+"""``on_change(conn, before, after)``: called in a trust change's transaction once the change
+is made (``before`` None for a creation; ``after`` the deleted trust for a deletion), to
+record it (the audit log's security event)."""
 
 ACTION = "auth.federation.exchange"
 """The security event action of every exchange (allowed, denied or failed)."""
@@ -640,21 +644,40 @@ class FederationService:
         """See :func:`get_trust`."""
         return await self.db.run(lambda c: get_trust(c, name), write=False)
 
-    async def create_trust(self, spec: TrustSpec, *,
-                           created_by: str | None = None) -> TrustInfo:
-        """See :func:`create_trust`."""
-        return await self.db.run(lambda c: create_trust(
-            c, spec, self.limits, grant=self._grant, created_by=created_by), write=True)
+    async def create_trust(self, spec: TrustSpec, *, created_by: str | None = None,
+                           on_change: OnChange | None = None) -> TrustInfo:
+        """See :func:`create_trust` (``on_change`` records it in the transaction)."""
+        def tx(conn: Connection) -> TrustInfo:
+            trust = create_trust(conn, spec, self.limits, grant=self._grant,
+                                 created_by=created_by)
+            if on_change is not None:
+                on_change(conn, None, trust)
+            return trust
 
-    async def update_trust(self, name: str, changes: TrustUpdate) -> TrustInfo:
-        """See :func:`update_trust`."""
-        return await self.db.run(lambda c: update_trust(c, name, changes, self.limits),
-                                 write=True)
+        return await self.db.run(tx, write=True)
 
-    async def delete_trust(self, name: str) -> TrustInfo:
-        """See :func:`delete_trust`."""
-        return await self.db.run(lambda c: delete_trust(
-            c, name, remove_subject=self._remove_subject), write=True)
+    async def update_trust(self, name: str, changes: TrustUpdate, *,
+                           on_change: OnChange | None = None) -> TrustInfo:
+        """See :func:`update_trust` (``on_change`` records it in the transaction)."""
+        def tx(conn: Connection) -> TrustInfo:
+            before = get_trust(conn, name)
+            trust = update_trust(conn, name, changes, self.limits)
+            if on_change is not None:
+                on_change(conn, before, trust)
+            return trust
+
+        return await self.db.run(tx, write=True)
+
+    async def delete_trust(self, name: str, *,
+                           on_change: OnChange | None = None) -> TrustInfo:
+        """See :func:`delete_trust` (``on_change`` records it in the transaction)."""
+        def tx(conn: Connection) -> TrustInfo:
+            trust = delete_trust(conn, name, remove_subject=self._remove_subject)
+            if on_change is not None:
+                on_change(conn, trust, trust)
+            return trust
+
+        return await self.db.run(tx, write=True)
 
     # -- exchange ----------------------------------------------------------------------------
 

@@ -23,7 +23,11 @@ A login, step by step:
 
 Every outcome is reported as a :class:`~dtr.events.SecurityEvent` ``auth.oidc.login``
 (``allow``, or ``deny`` with a stable ``reason``: see :data:`REFUSALS` plus the ID-token
-reasons of :data:`dtr.auth.oidc.REASONS`). Refusals are :class:`LoginRefused`.
+reasons of :data:`dtr.auth.oidc.REASONS`). Refusals are :class:`LoginRefused`. A login
+that succeeds is recorded in the transaction of step 2 (with the account created, the teams
+added and removed, the roles granted and revoked, and the session's token id), so the
+record and the changes commit together; a refusal changes nothing and is recorded on its
+own. ``auth.oidc.logout`` is recorded in the transaction that revokes the session.
 
 Personal access tokens minted with a session are ordinary tokens: nothing here touches
 them, and they never depend on the provider (the Harbor "CLI secret" problem).
@@ -415,18 +419,18 @@ class LoginService:
             identity = map_claims(token.claims, self.settings, issuer=token.issuer,
                                   subject=token.subject)
             found = identity
-            result = await self.db.run(lambda conn: self._sign_in(conn, found, login.next),
-                                       write=True)
+            result = await self.db.run(
+                lambda conn: self._sign_in(conn, found, login.next, who), write=True)
         except (LoginRefused, IdTokenRefused) as exc:
-            await self._report("deny", exc.reason, who, identity, message=exc.message)
+            await self.events.emit(self._event("deny", exc.reason, who, identity,
+                                               message=exc.message))
             if isinstance(exc, LoginRefused):
                 raise
             raise LoginRefused(exc.reason, exc.message) from None
         except Unavailable as exc:
-            await self._report("error", "provider_unavailable", who, identity,
-                               message=exc.message)
+            await self.events.emit(self._event("error", "provider_unavailable", who,
+                                               identity, message=exc.message))
             raise
-        await self._report("allow", "", who, identity, result=result)
         return result
 
     def _check_response(self, code: str | None, state: str | None, cookie: str | None,
@@ -489,6 +493,8 @@ class LoginService:
             NotFound: not a token of this account.
             Invalid: the token is not a session token.
         """
+        who = client or Client()
+
         def tx(conn: Connection) -> None:
             kind = next((t.kind for t in acc.list_tokens(conn, account, kind="session")
                          if t.id == token_id), None)
@@ -497,16 +503,17 @@ class LoginService:
                               "(Authorization: Bearer dtr_ses_...); revoke personal access "
                               "tokens with DELETE /api/v1/tokens/{id}")
             acc.revoke_token(conn, account, token_id)
+            self.events.record(conn, SecurityEvent(
+                action=LOGOUT_ACTION, outcome="allow", actor_kind="user", actor=account,
+                actor_id=f"user:{account}", method="oidc", client_ip=who.ip,
+                user_agent=who.user_agent, token_id=token_id, resource=token_id))
 
         await self.db.run(tx, write=True)
-        who = client or Client()
-        await self.events.emit(SecurityEvent(
-            action=LOGOUT_ACTION, outcome="allow", actor_kind="user", actor=account,
-            method="oidc", client_ip=who.ip, user_agent=who.user_agent, token_id=token_id))
 
-    async def _report(self, outcome: Literal["allow", "deny", "error"], reason: str,
-                      who: Client, identity: Identity | None, *, message: str = "",
-                      result: LoginResult | None = None) -> None:
+    def _event(self, outcome: Literal["allow", "deny", "error"], reason: str,
+               who: Client, identity: Identity | None, *, message: str = "",
+               result: LoginResult | None = None) -> SecurityEvent:
+        """The ``auth.oidc.login`` event of one outcome."""
         detail: dict[str, Any] = {"issuer": self.settings.issuer}
         if message:
             detail["message"] = message
@@ -516,20 +523,26 @@ class LoginService:
         if result is not None:
             detail.update(created=result.created, teams=result.teams, admin=result.admin,
                           **result.changes)
-        actor_kind, actor = "anonymous", ""
+        actor_kind, actor, actor_id = "anonymous", "", ""
         if result is not None:
             actor_kind, actor = "user", result.username
+            actor_id = f"user:{result.username}"
+            detail["session_expires_at"] = result.session.info.expires_at
         elif identity is not None:
             actor_kind, actor = "identity", f"{identity.issuer}#{identity.subject}"
-        await self.events.emit(SecurityEvent(
-            action=ACTION, outcome=outcome, actor_kind=actor_kind, actor=actor, method="oidc",
-            reason=reason, client_ip=who.ip, user_agent=who.user_agent,
-            token_id=result.session.info.id if result is not None else "", detail=detail))
+        return SecurityEvent(
+            action=ACTION, outcome=outcome, actor_kind=actor_kind, actor=actor,
+            actor_id=actor_id, method="oidc", reason=reason, client_ip=who.ip,
+            user_agent=who.user_agent, resource=self.settings.issuer,
+            token_id=result.session.info.id if result is not None else "", detail=detail)
 
     # -- the transaction ----------------------------------------------------------------------
 
-    def _sign_in(self, conn: Connection, who: Identity, next_path: str | None) -> LoginResult:
-        """Account, sync and session in one transaction (any refusal rolls it all back)."""
+    def _sign_in(self, conn: Connection, who: Identity, next_path: str | None,
+                 client: Client) -> LoginResult:
+        """Account, sync, session and the login's event in one transaction (any refusal
+        rolls it all back).
+        """
         account_id, name, created = self._account(conn, who)
         row = conn.execute(select(Account.disabled, Account.expires_at)
                            .where(Account.id == account_id)).one()
@@ -563,7 +576,9 @@ class LoginService:
         teams = [t.removeprefix("team:") for t in pol.teams_of(conn, subject)]
         admin = any(g.role == ADMIN_ROLE and g.repository == "**" and g.effect == "allow"
                     for g in pol.list_grants(conn, org=SYSTEM, subject=subject))
-        return LoginResult(name, session, teams, admin, created, next_path, changes)
+        result = LoginResult(name, session, teams, admin, created, next_path, changes)
+        self.events.record(conn, self._event("allow", "", client, who, result=result))
+        return result
 
     def _account(self, conn: Connection, who: Identity) -> tuple[int, str, bool]:
         """The account of the identity: linked, or linked now (an account an administrator

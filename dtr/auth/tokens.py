@@ -43,8 +43,31 @@ _KINDS: tuple[str, ...] = get_args(PrincipalKind)
 _METHODS: tuple[str, ...] = get_args(AuthMethod)
 
 
-def _fail(reason: str) -> InvalidToken:
-    return InvalidToken(reason)
+_REJECTION_CODES = {
+    "malformed token": "malformed", "unsupported algorithm": "unsupported_algorithm",
+    "unknown signing key": "unknown_key", "bad signature": "bad_signature",
+    "wrong issuer": "wrong_issuer", "wrong audience": "wrong_audience",
+    "token expired": "expired", "token not yet valid": "not_yet_valid",
+    "malformed claims": "malformed_claims"}
+
+
+class TokenRejected(InvalidToken):
+    """A registry token failed verification.
+
+    Attributes:
+        reason: a stable code for the audit log (``malformed``, ``unsupported_algorithm``,
+            ``unknown_key``, ``bad_signature``, ``wrong_issuer``, ``wrong_audience``,
+            ``expired``, ``not_yet_valid``, ``malformed_claims``); the message is the
+            short sentence the client sees.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _fail(message: str) -> TokenRejected:
+    return TokenRejected(message, _REJECTION_CODES.get(message, "invalid"))
 
 
 @dataclass(frozen=True)
@@ -194,6 +217,8 @@ class Claims:
         account_id: the account row id, if any.
         token_id: the personal access or refresh token used at the token endpoint, if any.
         scopes: that personal access token's restrictions (``None`` = none).
+        subject: the policy subject (``user:<sub>``, ``robot:<sub>``, ``anonymous``),
+            computed once (the audit context names it on every ``/v2`` request).
     """
 
     sub: str
@@ -211,8 +236,11 @@ class Claims:
     scopes: tuple[str, ...] | None = None
     _granted: dict[tuple[str, str], frozenset[str]] = field(
         init=False, repr=False, compare=False, default_factory=dict)
+    subject: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "subject",
+                           "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.sub}")
         # (type, name) → actions, built once: the resource server asks on every request
         granted: dict[tuple[str, str], set[str]] = {}
         for item in self.access:
@@ -365,10 +393,10 @@ class TokenVerifier:
         """The claims of ``token`` if it is valid for ``audience`` now.
 
         Raises:
-            InvalidToken: with a short reason (``malformed token``, ``unsupported
-                algorithm``, ``unknown signing key``, ``bad signature``, ``wrong issuer``,
-                ``wrong audience``, ``token expired``, ``token not yet valid``,
-                ``malformed claims``).
+            TokenRejected: (an ``InvalidToken``) with a short message (``malformed
+                token``, ``unsupported algorithm``, ``unknown signing key``, ``bad
+                signature``, ``wrong issuer``, ``wrong audience``, ``token expired``,
+                ``token not yet valid``, ``malformed claims``) and its ``reason`` code.
         """
         now = self.clock()
         claims = self._cache.get(token)

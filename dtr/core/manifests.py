@@ -148,8 +148,9 @@ class ManifestService:
             for tag in tags:
                 hooks.gate.check_tag_write(s, TagWrite(
                     repository, tag, digest, parsed.media_type, parsed.artifact_type, subject))
-                _write_tag(s, rid, tag, mid)
-                hooks.emit(s, RegistryEvent("tag.written", repository, digest, tag))
+                previous = _write_tag(s, rid, tag, mid)
+                hooks.emit(s, RegistryEvent("tag.written", repository, digest, tag,
+                                            {"previous": previous}))
 
         try:
             await self.store.run(put)
@@ -205,7 +206,9 @@ class ManifestService:
                 if not res.rowcount:
                     raise ManifestUnknown(f"tag {reference} is not known",
                                           {"reference": reference})
-                hooks.emit(s, RegistryEvent("tag.deleted", repository, tag=reference))
+                hooks.emit(s, RegistryEvent("tag.deleted", repository,
+                                            None if target is None else str(target),
+                                            reference))
                 if target is not None:
                     hooks.observer.tag_deleted(s, repository, reference, str(target))
 
@@ -250,6 +253,12 @@ def _tag_upsert(ins: Any) -> Any:
 
 
 _TAG_UPSERT = per_dialect(_tag_upsert)
+# Locked (the tag row only): the digest a tag pointed at before this write, exact even
+# when pushes to the same tag race. The upsert takes the same lock right after.
+_TAG_TARGET = (select(Manifest.digest)
+               .join(Tag, Tag.manifest_id == Manifest.id)
+               .where(Tag.repository_id == bindparam("rid"), Tag.name == bindparam("tag"))
+               .with_for_update(of=Tag))
 
 
 def _check_references(s: Connection, rid: int, parsed: ParsedManifest) -> None:
@@ -300,7 +309,13 @@ def _upsert_manifest(s: Connection, rid: int, digest: str, parsed: ParsedManifes
     raise Unavailable("the manifest is being pushed and deleted concurrently; retry")
 
 
-def _write_tag(s: Connection, rid: int, tag: str, mid: int) -> None:
-    """Point ``tag`` at manifest ``mid`` (insert or move)."""
+def _write_tag(s: Connection, rid: int, tag: str, mid: int) -> str:
+    """Point ``tag`` at manifest ``mid`` (insert or move).
+
+    Returns:
+        The digest the tag pointed at before, ``""`` for a new tag.
+    """
+    previous = s.execute(_TAG_TARGET, {"rid": rid, "tag": tag}).scalar()
     s.execute(for_dialect(s, _TAG_UPSERT), {"repository_id": rid, "name": tag,
                                             "manifest_id": mid, "updated_at": utcnow()})
+    return str(previous or "")

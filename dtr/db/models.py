@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -474,9 +475,16 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_event_time", "time"),
         Index("ix_audit_event_actor", "actor", "seq"),
-        Index("ix_audit_event_action", "action", "seq"),
-        Index("ix_audit_event_repository", "repository", "seq"),
+        # pattern_ops: on PostgreSQL the prefix filters (action auth.*, repository prod/**)
+        # are LIKE 'prefix%', which a default-collation index cannot serve
+        Index("ix_audit_event_action", "action", "seq",
+              postgresql_ops={"action": "varchar_pattern_ops"}),
+        Index("ix_audit_event_repository", "repository", "seq",
+              postgresql_ops={"repository": "varchar_pattern_ops"}),
         Index("ix_audit_event_outcome", "outcome", "seq"),
+        # PostgreSQL only: globs with no literal prefix but a literal suffix (*/app)
+        Index("ix_audit_event_repository_reversed", text("reverse(repository) text_pattern_ops"),
+              "seq").ddl_if(dialect="postgresql"),
     )
 
 

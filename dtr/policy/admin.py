@@ -59,6 +59,13 @@ class Grant:
     role: str
     effect: Effect
 
+    @property
+    def line(self) -> str:
+        """The grant as its policy line (``p, user:bob, acme, acme/**, role:developer,
+        allow``), as the audit log records it.
+        """
+        return "p, " + ", ".join(grant_rows([self])[0][1:])
+
 
 @dataclass(frozen=True)
 class RoleInfo:

@@ -89,6 +89,13 @@ class Decision:
     chain: tuple[str, ...]
     reason: str
 
+    @property
+    def line(self) -> str:
+        """The matched rule as a policy line (``p, user:alice, acme, acme/**,
+        role:developer, allow``), ``""`` when no grant matched (the audit log's ``rule``).
+        """
+        return "" if self.rule is None else rule_line(self.rule)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists for tuples)."""
         return {"allowed": self.allowed, "subject": self.subject, "domain": self.domain,
@@ -304,7 +311,8 @@ def _bfs(start: str, goal: str, nxt: Any) -> list[str]:
     return [start, goal]
 
 
-def _line(rule: Rule) -> str:
+def rule_line(rule: Sequence[str]) -> str:
+    """A ``p`` rule's fields (sub, dom, obj, act, eft) as its policy line."""
     return "p, " + ", ".join(rule)
 
 
@@ -346,9 +354,9 @@ class _Evaluator:
                       + snap.action_path(action, rule[3]))
         path = " → ".join(chain)
         if ok:
-            reason = f"allowed by {_line(rule)!r} ({path})"
+            reason = f"allowed by {rule_line(rule)!r} ({path})"
         else:
-            reason = f"denied by {_line(rule)!r} ({path}); deny overrides allow"
+            reason = f"denied by {rule_line(rule)!r} ({path}); deny overrides allow"
         return Decision(ok, subject, dom, obj, action, rule, chain, reason)
 
     def allowed(self, subject: str, obj: str, action: str, domain: str | None = None) -> bool:

@@ -353,7 +353,7 @@ class SigningGate:
         detail = {"reason": reason, "repository": repository, "reference": reference,
                   "digest": digest, "policy": policy.name, "policyVersion": policy.version,
                   "state": state}
-        event = RegistryEvent("pull.denied", repository, digest,
+        event = RegistryEvent("manifest.pull.denied", repository, digest,
                               None if not by_tag else reference, detail)
         if self.hooks.sinks:
             await self.db.run(lambda c: self.hooks.emit(c, event))

@@ -291,16 +291,20 @@ def upsert_policy(conn: Connection, spec: PolicySpec, emit: Emit, *, source: str
               "require_children_signed": spec.require_children_signed,
               "formats": json.dumps(list(normalise_formats(spec.formats))),
               "source": source, "updated_at": now}
-    existing = conn.execute(select(SigningPolicy.id, SigningPolicy.version)
+    existing = conn.execute(SigningPolicy.__table__.select()
                             .where(SigningPolicy.name == spec.name)).first()
-    counting_before = _counting(conn, int(existing[0])) if existing is not None else None
+    counting_before = _counting(conn, int(existing.id)) if existing is not None else None
+    stores_before = {} if existing is None else {
+        r.name: (r.roots_pem, r.identities) for r in conn.execute(
+            SigningTrustStore.__table__.select()
+            .where(SigningTrustStore.policy_id == existing.id))}
     if existing is None:
         pid = int(conn.execute(insert(SigningPolicy).values(
             name=spec.name, version=1, created_at=now, **values)
             .returning(SigningPolicy.id)).scalar_one())
         action = "policy.created"
     else:
-        pid = int(existing[0])
+        pid = int(existing.id)
         conn.execute(update(SigningPolicy).where(SigningPolicy.id == pid)
                      .values(version=SigningPolicy.version + 1, **values))
         action = "policy.updated"
@@ -323,9 +327,22 @@ def upsert_policy(conn: Connection, spec: PolicySpec, emit: Emit, *, source: str
             policy_id=pid, name=store.name, roots_pem=store.roots_pem,
             identities=json.dumps(list(store.identities)), created_at=now))
     version = bump_version(conn)
-    emit(conn, RegistryEvent(action, spec.pattern, detail={
+    detail: dict[str, Any] = {
         "policy": spec.name, "policyVersion": version, "source": source, "actor": actor,
-        "mode": spec.mode, "protected": spec.protected, "keys": sorted(wanted)}))
+        "mode": spec.mode, "protected": spec.protected, "keys": sorted(wanted)}
+    if existing is not None:
+        stores_after = {t.name: (t.roots_pem, json.dumps(list(t.identities)))
+                        for t in spec.trust_stores}
+        detail.update(
+            changed=[k for k in ("pattern", "protected", "mode", "min_signatures",
+                                 "require_children_signed", "formats")
+                     if getattr(existing, k) != values[k]],
+            keysAdded=sorted(set(wanted) - set(stored)),
+            keysRemoved=sorted(set(stored) - set(wanted)),
+            trustStoresSet=sorted(n for n, v in stores_after.items()
+                                  if stores_before.get(n) != v),
+            trustStoresRemoved=sorted(set(stores_before) - set(stores_after)))
+    emit(conn, RegistryEvent(action, spec.pattern, detail=detail))
     for kid, key in wanted.items():
         current = stored[kid].status if kid in stored else "active"
         if current == "revoked" and source == "config":
@@ -355,11 +372,13 @@ def _counting(conn: Connection, pid: int) -> tuple[object, ...]:
 
 def delete_policy(conn: Connection, name: str, emit: Emit, *, actor: str = "") -> bool:
     """Remove the policy ``name`` (its keys and stores go with it); False if unknown."""
+    pattern = conn.execute(select(SigningPolicy.pattern)
+                           .where(SigningPolicy.name == name)).scalar()
     res = conn.execute(delete(SigningPolicy).where(SigningPolicy.name == name))
     if not res.rowcount:
         return False
     version = bump_version(conn)
-    emit(conn, RegistryEvent("policy.deleted", "", detail={
+    emit(conn, RegistryEvent("policy.deleted", str(pattern or ""), detail={
         "policy": name, "policyVersion": version, "actor": actor}))
     return True
 
@@ -382,9 +401,11 @@ def set_key_status(conn: Connection, policy: str, key_id: str, status: KeyStatus
     if status not in ("active", "retired", "revoked"):
         raise PolicyError(f"status: unknown key status {status!r}")
     when = now or utcnow()
-    pid = conn.execute(select(SigningPolicy.id).where(SigningPolicy.name == policy)).scalar()
-    if pid is None:
+    found = conn.execute(select(SigningPolicy.id, SigningPolicy.pattern)
+                         .where(SigningPolicy.name == policy)).first()
+    if found is None:
         raise PolicyError(f"no signing policy named {policy!r}")
+    pid = int(found.id)
     values: dict[str, object] = {"status": status}
     if status == "retired":
         values["retired_at"] = when
@@ -400,7 +421,7 @@ def set_key_status(conn: Connection, policy: str, key_id: str, status: KeyStatus
                  .values(version=SigningPolicy.version + 1, updated_at=when))
     version = bump_version(conn)
     action = {"revoked": "key.revoked", "retired": "key.rotated"}.get(status, "key.activated")
-    emit(conn, RegistryEvent(action, "", detail={
+    emit(conn, RegistryEvent(action, str(found.pattern), detail={
         "policy": policy, "policyVersion": version, "keyId": key_id, "status": status,
         "actor": actor}))
     return recompute_signer(conn, load(conn), key_id, emit)

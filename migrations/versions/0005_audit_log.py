@@ -64,10 +64,16 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
         batch_op.create_index('ix_audit_event_time', ['time'], unique=False)
         batch_op.create_index('ix_audit_event_actor', ['actor', 'seq'], unique=False)
-        batch_op.create_index('ix_audit_event_action', ['action', 'seq'], unique=False)
+        batch_op.create_index('ix_audit_event_action', ['action', 'seq'], unique=False,
+                              postgresql_ops={'action': 'varchar_pattern_ops'})
         batch_op.create_index('ix_audit_event_repository', ['repository', 'seq'],
-                              unique=False)
+                              unique=False,
+                              postgresql_ops={'repository': 'varchar_pattern_ops'})
         batch_op.create_index('ix_audit_event_outcome', ['outcome', 'seq'], unique=False)
+    if op.get_bind().dialect.name == 'postgresql':
+        op.create_index('ix_audit_event_repository_reversed', 'audit_event',
+                        [sa.text('reverse(repository) text_pattern_ops'), 'seq'],
+                        unique=False)
 
     head = op.create_table(
         'audit_head',

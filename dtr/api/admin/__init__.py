@@ -18,6 +18,7 @@ from litestar.params import FromPath
 from dtr import __version__
 from dtr.api.admin import guards
 from dtr.api.admin.access import AccessService
+from dtr.api.admin.audit import AuditApi, AuditController
 from dtr.api.admin.authz import AuthzController
 from dtr.api.admin.grants import GrantController
 from dtr.api.admin.orgs import OrgController
@@ -32,6 +33,7 @@ from dtr.api.admin.trusts import TrustController, TrustService
 from dtr.api.admin.users import MeController, UserController
 from dtr.api.context import Security
 from dtr.api.problems import exception_handlers
+from dtr.audit.checkpoints import CheckpointKeys
 from dtr.config import AuthSettings
 from dtr.core.registry import Registry
 from dtr.errors import NotFound
@@ -42,11 +44,12 @@ OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json"
 CONTROLLERS = [MeController, UserController, OrgController, TeamController,
                OrgRobotController, SystemRobotController, RoleController, GrantController,
                TokenController, AuthzController, TrustController, SigningPolicyController,
-               PromotionController]
+               PromotionController, AuditController]
 DESCRIPTION = """\
 Manage users, organizations, teams, robot accounts, roles, grants, personal access
 tokens, federation trusts (keyless CI) and signing policies, promote signed digests between
-repositories, and ask the policy why a request is allowed or denied.
+repositories, ask the policy why a request is allowed or denied, and read, export and verify
+the tamper-evident audit log.
 
 Authenticate with `Authorization: Bearer <personal access token>` (`dtr login` mints one)
 or HTTP Basic (password, personal access token or robot secret). Errors are RFC 9457
@@ -70,7 +73,7 @@ def openapi_document(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 def build_admin_router(security: Security, auth_settings: AuthSettings,
-                       registry: Registry) -> Router:
+                       registry: Registry, audit_keys: CheckpointKeys) -> Router:
     """The ``/api/v1`` router: the public OpenAPI document, and the API itself behind
     authentication (then each controller's guards). Errors render as problem details.
 
@@ -79,6 +82,7 @@ def build_admin_router(security: Security, auth_settings: AuthSettings,
         auth_settings: ``auth`` settings (org creation, robot and token lifetimes).
         registry: the core services (signing-policy edits go through its event seam;
             promotions through its manifest and blob services).
+        audit_keys: the registry keys the audit log's checkpoints are verified with.
     """
     admin = AdminService(security, auth_settings)
     access = AccessService(security, auth_settings)
@@ -87,12 +91,16 @@ def build_admin_router(security: Security, auth_settings: AuthSettings,
     signing = SigningAdmin(security, PolicyEditor(registry.store.db, hooks.emit),
                            getattr(hooks.gate, "invalidate", _nothing))
     promotions = PromotionApi(security, registry)
+    audit = AuditApi(security.db, audit_keys, security.events)
 
     def provide_signing() -> SigningAdmin:
         return signing
 
     def provide_promotions() -> PromotionApi:
         return promotions
+
+    def provide_audit() -> AuditApi:
+        return audit
 
     def provide_admin() -> AdminService:
         return admin
@@ -111,10 +119,12 @@ def build_admin_router(security: Security, auth_settings: AuthSettings,
                       "trusts": Provide(provide_trusts, sync_to_thread=False),
                       "signing": Provide(provide_signing, sync_to_thread=False),
                       "promotions": Provide(provide_promotions, sync_to_thread=False),
+                      "audit": Provide(provide_audit, sync_to_thread=False),
                       "caller": Provide(guards.provide_caller)},
         security=[{"bearer": []}, {"basic": []}])
     return Router(path=PREFIX, route_handlers=[api, openapi_document],
-                  exception_handlers=exception_handlers())
+                  exception_handlers={**exception_handlers(),
+                                      **guards.refusal_handlers(security)})
 
 
 def _nothing() -> None:

@@ -1,15 +1,19 @@
 """The admin API's policy operations: roles, grants, explained decisions and decision
 tables. Who may read or change a grant depends on the grant's org, so it is checked here.
+Role and grant changes are recorded as security events in their transaction (``role.*``,
+``grant.created`` / ``grant.deleted`` with the grant's policy line).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import Connection
+
 from dtr.api.admin import schemas as s
-from dtr.api.admin.guards import Caller
-from dtr.api.admin.services import ServiceBase
-from dtr.errors import Denied, Invalid, NotFound
+from dtr.api.admin.guards import Caller, Hidden, PolicyDenied
+from dtr.api.admin.services import Record, ServiceBase, changed
+from dtr.errors import Invalid
 from dtr.policy import admin as pol
 from dtr.policy.actions import ALL_ACTIONS, SYSTEM, SYSTEM_ACTIONS, namespace, parse_subject
 from dtr.policy.admin import Grant, RoleInfo
@@ -29,20 +33,37 @@ class AccessService(ServiceBase):
         """One role."""
         return await self._read(lambda c: pol.get_role(c, name))
 
-    async def create_role(self, data: s.RoleCreate) -> RoleInfo:
+    async def create_role(self, caller: Caller, data: s.RoleCreate) -> RoleInfo:
         """Create a custom role."""
-        return await self._write(lambda c: pol.create_role(
-            c, data.name, data.actions, data.includes, data.description))
+        def tx(conn: Connection, record: Record) -> RoleInfo:
+            role = pol.create_role(conn, data.name, data.actions, data.includes,
+                                   data.description)
+            record("role.created", role.name, actions=role.actions, includes=role.includes)
+            return role
 
-    async def update_role(self, name: str, data: s.RoleUpdate) -> RoleInfo:
+        return await self._write(caller, tx)
+
+    async def update_role(self, caller: Caller, name: str, data: s.RoleUpdate) -> RoleInfo:
         """Change a custom role (built-in roles are refused)."""
-        return await self._write(lambda c: pol.update_role(
-            c, name, actions=data.actions, includes=data.includes,
-            description=data.description))
+        def tx(conn: Connection, record: Record) -> RoleInfo:
+            before = pol.get_role(conn, name)
+            after = pol.update_role(conn, name, actions=data.actions, includes=data.includes,
+                                    description=data.description)
+            fields = changed(before, after, ("actions", "includes", "description"))
+            if fields:
+                record("role.updated", name, changed=fields, actions=after.actions,
+                       includes=after.includes)
+            return after
 
-    async def delete_role(self, name: str) -> None:
+        return await self._write(caller, tx)
+
+    async def delete_role(self, caller: Caller, name: str) -> None:
         """Delete a custom role that nothing uses."""
-        await self._write(lambda c: pol.delete_role(c, name))
+        def tx(conn: Connection, record: Record) -> None:
+            pol.delete_role(conn, name)
+            record("role.deleted", name)
+
+        await self._write(caller, tx)
 
     # -- grants ------------------------------------------------------------------------------
 
@@ -67,8 +88,10 @@ class AccessService(ServiceBase):
         """
         if (org is not None and subject != caller.subject
                 and not self._may_read_grants(caller, org)):
-            raise Denied(f"{caller.subject} may not read the grants of "
-                         f"{'the system' if org == SYSTEM else org}")
+            raise PolicyDenied(f"{caller.subject} may not read the grants of "
+                               f"{'the system' if org == SYSTEM else org}",
+                               caller.refusal(("audit:read",) if org == SYSTEM
+                                              else ("org:read",), org))
         grants = await self._read(lambda c: pol.list_grants(c, org=org, subject=subject))
         return [g for g in grants
                 if g.subject == caller.subject or self._may_read_grants(caller, g.org)]
@@ -76,16 +99,26 @@ class AccessService(ServiceBase):
     async def create_grant(self, caller: Caller, data: s.GrantCreate) -> Grant:
         """Create a grant: ``org:admin`` in its org, ``system:admin`` for system grants."""
         self._require_grant_admin(caller, data.org)
-        return await self._write(lambda c: pol.create_grant(
-            c, data.subject, data.org, data.repository, data.role, data.effect))
+
+        def tx(conn: Connection, record: Record) -> Grant:
+            grant = pol.create_grant(conn, data.subject, data.org, data.repository,
+                                     data.role, data.effect)
+            _record_grant(record, "grant.created", grant)
+            return grant
+
+        return await self._write(caller, tx)
 
     async def delete_grant(self, caller: Caller, grant_id: int) -> None:
         """Delete a grant (404 when the caller may not even read its org)."""
         grant = await self._read(lambda c: pol.get_grant(c, grant_id))
         if not self._may_read_grants(caller, grant.org):
-            raise NotFound(f"grant {grant_id} does not exist")
+            raise Hidden(f"grant {grant_id} does not exist", {"grant": grant_id})
         self._require_grant_admin(caller, grant.org)
-        await self._write(lambda c: pol.delete_grant(c, grant_id))
+
+        def tx(conn: Connection, record: Record) -> None:
+            _record_grant(record, "grant.deleted", pol.delete_grant(conn, grant_id))
+
+        await self._write(caller, tx)
 
     # -- explain / check ---------------------------------------------------------------------
 
@@ -107,8 +140,10 @@ class AccessService(ServiceBase):
         if who != caller.subject and not (
                 caller.may_any("system:admin", "audit:read")
                 or (domain != SYSTEM and caller.may("org:admin", domain))):
-            raise Denied(f"{caller.subject} may not explain decisions for {who} in "
-                         f"{'the system' if domain == SYSTEM else domain}")
+            raise PolicyDenied(f"{caller.subject} may not explain decisions for {who} in "
+                               f"{'the system' if domain == SYSTEM else domain}",
+                               caller.refusal(("audit:read",) if domain == SYSTEM
+                                              else ("org:admin",), domain))
         return self.security.policy.decide(who, obj, action, domain=domain)
 
     def check(self, caller: Caller, rows: Sequence[s.CheckRow]) -> s.CheckReport:
@@ -123,3 +158,9 @@ class AccessService(ServiceBase):
                 reason=d.reason, rule=None if d.rule is None else list(d.rule)))
         bad = [r for r in results if not r.ok]
         return s.CheckReport(ok=not bad, rows=results, mismatches=bad)
+
+
+def _record_grant(record: Record, action: str, grant: Grant) -> None:
+    record(action, f"grant:{grant.id}", org=grant.org, line=grant.line,
+           subject=grant.subject, repository=grant.repository, role=grant.role,
+           effect=grant.effect)

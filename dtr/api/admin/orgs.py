@@ -50,14 +50,14 @@ class OrgController(Controller):
         return org_out(await admin.get_org(org))
 
     @patch("/{org:str}", guards=ADMIN, summary="Change an organization", responses=errors(404))
-    async def update_org(self, admin: Admin, org: FromPath[str],
+    async def update_org(self, admin: Admin, caller: Me, org: FromPath[str],
                          data: JSONBody[s.OrgUpdate]) -> s.Org:
         """Change the description or make the organization public / private. Requires
         ``org:admin``.
         """
-        return org_out(await admin.update_org(org, data))
+        return org_out(await admin.update_org(caller, org, data))
 
     @delete("/{org:str}", guards=ADMIN, summary="Delete an organization", responses=errors(404))
-    async def delete_org(self, admin: Admin, org: FromPath[str]) -> None:
+    async def delete_org(self, admin: Admin, caller: Me, org: FromPath[str]) -> None:
         """Delete the organization, its teams, robots and grants. Requires ``org:admin``."""
-        await admin.delete_org(org)
+        await admin.delete_org(caller, org)

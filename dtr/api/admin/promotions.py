@@ -7,6 +7,12 @@ and nothing is tagged).
 Permissions: ``pull`` on the source repository and ``push`` on the target, asked of the
 policy engine like a registry client's token scope would be.
 
+Audit: every manifest, mount and tag the copy writes is recorded by core in its own
+transaction (``manifest.pushed``, ``blob.mounted``, ``tag.written``, or ``tag.denied`` when
+the gate refuses); ``registry.promotion`` then sums the promotion up (allow, or deny with
+the gate's reason) with its source and the rule that allowed the push. A permission refusal
+is an ``admin.denied`` with the policy's decision.
+
 Repository names have several path segments, so the route is ``/repositories/{rest:path}``
 and the handler accepts only ``<name>/promotions`` under it.
 """
@@ -22,7 +28,7 @@ from litestar.params import FromPath, JSONBody
 from dtr.api.admin import guards as g
 from dtr.api.admin import schemas as s
 from dtr.api.admin.deps import Me
-from dtr.api.admin.guards import Caller
+from dtr.api.admin.guards import Caller, PolicyDenied, Reported
 from dtr.api.context import Security
 from dtr.api.problems import problem_responses as errors
 from dtr.core.promotion import Promotion, parse_source
@@ -49,6 +55,12 @@ class PromotionApi:
     def _may(self, caller: Caller, repository: str, action: str) -> bool:
         return self.security.policy.allowed(caller.subject, repository, action)
 
+    def _require(self, caller: Caller, repository: str, action: str, message: str) -> None:
+        if not self._may(caller, repository, action):
+            raise PolicyDenied(message, self.security.policy.decide(
+                caller.subject, repository, action), {"repository": repository,
+                                                      "action": action})
+
     async def promote(self, caller: Caller, target: str,
                       data: s.PromotionCreate) -> Promotion:
         """Promote ``data.source`` into ``target`` with ``data.tags``.
@@ -61,12 +73,8 @@ class PromotionApi:
         source, digest = parse_source(data.source)
         check_name(source)
         check_name(target)
-        if not self._may(caller, source, "pull"):
-            raise Denied(f"{caller.subject} may not pull {source}",
-                         {"repository": source, "action": "pull"})
-        if not self._may(caller, target, "push"):
-            raise Denied(f"{caller.subject} may not push to {target}",
-                         {"repository": target, "action": "push"})
+        self._require(caller, source, "pull", f"{caller.subject} may not pull {source}")
+        self._require(caller, target, "push", f"{caller.subject} may not push to {target}")
 
         async def may_push_source() -> bool:
             return self._may(caller, source, "push")
@@ -75,20 +83,21 @@ class PromotionApi:
             done = await self.registry.promotions.promote(source, digest, target, data.tags,
                                                           may_push_source)
         except Denied as exc:
-            await self._event(caller, "deny", target, data, digest, reason=exc.message)
-            raise
-        await self._event(caller, "allow", target, data, digest, tags=list(done.tags),
+            await self._event("deny", target, data, digest, reason=exc.message)
+            raise Reported(exc.message, exc.detail) from exc
+        rule = self.security.policy.decide(caller.subject, target, "push").line
+        await self._event("allow", target, data, digest, rule=rule, tags=list(done.tags),
                           blobs=done.blobs_mounted, referrers=done.referrers)
         return done
 
-    async def _event(self, caller: Caller, outcome: Literal["allow", "deny"], target: str,
-                     data: s.PromotionCreate, digest: str, reason: str = "",
+    async def _event(self, outcome: Literal["allow", "deny"], target: str,
+                     data: s.PromotionCreate, digest: str, reason: str = "", rule: str = "",
                      **detail: object) -> None:
-        p = caller.principal
         await self.security.events.emit(SecurityEvent(
-            action="registry.promotion", outcome=outcome, actor_kind=p.kind, actor=p.name,
-            method=p.method, resource=f"{target}@{digest}", token_id=p.token_id or "",
-            reason=reason[:200], detail={"source": data.source, **detail}))
+            action="registry.promotion", outcome=outcome, repository=target,
+            org=target.partition("/")[0] if "/" in target else "", digest=digest,
+            resource=f"{target}@{digest}",
+            reason=reason, rule=rule, detail={"source": data.source, **detail}))
 
 
 Promotions: TypeAlias = NamedDependency[PromotionApi]

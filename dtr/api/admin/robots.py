@@ -62,24 +62,25 @@ class OrgRobotController(Controller):
 
     @patch("/{name:str}", summary="Update an organization robot",
            responses=errors(404, 422))
-    async def update_robot(self, admin: Admin, org: FromPath[str], name: FromPath[str],
-                           data: JSONBody[s.RobotUpdate]) -> s.Robot:
+    async def update_robot(self, admin: Admin, caller: Me, org: FromPath[str],
+                           name: FromPath[str], data: JSONBody[s.RobotUpdate]) -> s.Robot:
         """Change description, disabled flag or expiry. Requires ``org:admin``."""
-        return robot_out(await admin.update_robot(org, name, data))
+        return robot_out(await admin.update_robot(caller, org, name, data))
 
     @delete("/{name:str}", summary="Delete an organization robot", responses=errors(404))
-    async def delete_robot(self, admin: Admin, org: FromPath[str], name: FromPath[str]) -> None:
+    async def delete_robot(self, admin: Admin, caller: Me, org: FromPath[str],
+                           name: FromPath[str]) -> None:
         """Delete the robot and its grants. Requires ``org:admin``."""
-        await admin.delete_robot(org, name)
+        await admin.delete_robot(caller, org, name)
 
     @post("/{name:str}/secret", status_code=200,
           summary="Regenerate a robot secret", responses=errors(404))
-    async def regenerate(self, admin: Admin, org: FromPath[str],
+    async def regenerate(self, admin: Admin, caller: Me, org: FromPath[str],
                          name: FromPath[str]) -> s.RobotSecret:
         """Replace the secret (the old one stops working); shown once. Requires
         ``org:admin``.
         """
-        return secret_out(await admin.regenerate_robot(org, name))
+        return secret_out(await admin.regenerate_robot(caller, org, name))
 
 
 class SystemRobotController(Controller):
@@ -108,18 +109,18 @@ class SystemRobotController(Controller):
         return robot_out(await admin.get_robot(None, name))
 
     @patch("/{name:str}", summary="Update a system robot", responses=errors(404, 422))
-    async def update_robot(self, admin: Admin, name: FromPath[str],
+    async def update_robot(self, admin: Admin, caller: Me, name: FromPath[str],
                            data: JSONBody[s.RobotUpdate]) -> s.Robot:
         """Change description, disabled flag or expiry. Requires ``system:admin``."""
-        return robot_out(await admin.update_robot(None, name, data))
+        return robot_out(await admin.update_robot(caller, None, name, data))
 
     @delete("/{name:str}", summary="Delete a system robot", responses=errors(404))
-    async def delete_robot(self, admin: Admin, name: FromPath[str]) -> None:
+    async def delete_robot(self, admin: Admin, caller: Me, name: FromPath[str]) -> None:
         """Delete the robot and its grants. Requires ``system:admin``."""
-        await admin.delete_robot(None, name)
+        await admin.delete_robot(caller, None, name)
 
     @post("/{name:str}/secret", status_code=200,
           summary="Regenerate a system robot secret", responses=errors(404))
-    async def regenerate(self, admin: Admin, name: FromPath[str]) -> s.RobotSecret:
+    async def regenerate(self, admin: Admin, caller: Me, name: FromPath[str]) -> s.RobotSecret:
         """Replace the secret; shown once. Requires ``system:admin``."""
-        return secret_out(await admin.regenerate_robot(None, name))
+        return secret_out(await admin.regenerate_robot(caller, None, name))

@@ -11,7 +11,7 @@ from litestar.params import FromPath, JSONBody
 
 from dtr.api.admin import guards as g
 from dtr.api.admin import schemas as s
-from dtr.api.admin.deps import Access
+from dtr.api.admin.deps import Access, Me
 from dtr.api.problems import problem_responses as errors
 from dtr.policy.admin import RoleInfo
 
@@ -36,9 +36,10 @@ class RoleController(Controller):
         return [role_out(r) for r in await access.list_roles()]
 
     @post("/", guards=ADMIN, summary="Create a custom role", responses=errors(409, 422))
-    async def create_role(self, access: Access, data: JSONBody[s.RoleCreate]) -> s.Role:
+    async def create_role(self, access: Access, caller: Me,
+                          data: JSONBody[s.RoleCreate]) -> s.Role:
         """Create a role from actions and included roles. Requires ``system:admin``."""
-        return role_out(await access.create_role(data))
+        return role_out(await access.create_role(caller, data))
 
     @get("/{name:str}", summary="Show a role", responses=errors(404))
     async def get_role(self, access: Access, name: FromPath[str]) -> s.Role:
@@ -46,14 +47,14 @@ class RoleController(Controller):
         return role_out(await access.get_role(name))
 
     @patch("/{name:str}", guards=ADMIN, summary="Change a custom role", responses=errors(404, 422))
-    async def update_role(self, access: Access, name: FromPath[str],
+    async def update_role(self, access: Access, caller: Me, name: FromPath[str],
                           data: JSONBody[s.RoleUpdate]) -> s.Role:
         """Replace a custom role's actions, includes or description. Requires
         ``system:admin``.
         """
-        return role_out(await access.update_role(name, data))
+        return role_out(await access.update_role(caller, name, data))
 
     @delete("/{name:str}", guards=ADMIN, summary="Delete a custom role", responses=errors(404, 409))
-    async def delete_role(self, access: Access, name: FromPath[str]) -> None:
+    async def delete_role(self, access: Access, caller: Me, name: FromPath[str]) -> None:
         """Delete a custom role no grant or role uses. Requires ``system:admin``."""
-        await access.delete_role(name)
+        await access.delete_role(caller, name)

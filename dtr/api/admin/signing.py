@@ -10,8 +10,11 @@ listed and answer 404.
 
 Policies seeded from the settings file (``source: config``) are owned by that file: API
 edits answer 409 naming it — except revoking a key, which always works (an emergency must
-not wait for a deploy; revocation is sticky across restarts). Every change is versioned,
-emitted as a content event by the policy layer, and reported as a security event here.
+not wait for a deploy; revocation is sticky across restarts). Every change is versioned and
+recorded by the policy layer in its own transaction (``policy.created``, ``policy.updated``
+with the keys and trust stores added or removed, ``policy.deleted``, ``key.revoked``,
+``key.rotated``, ``key.activated``), stamped with the caller: one event per change, none
+added here.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from litestar.params import FromPath, JSONBody
 from dtr.api.admin import guards as g
 from dtr.api.admin import schemas as s
 from dtr.api.admin.deps import Me
-from dtr.api.admin.guards import Caller
+from dtr.api.admin.guards import Caller, Hidden
 from dtr.api.context import Security
 from dtr.api.problems import problem_responses as errors
 from dtr.errors import Conflict, Invalid, NotFound
-from dtr.events import SecurityEvent
 from dtr.signing.keys import KeyMaterialError, TrustedKey
 from dtr.signing.policy import (
     ALL_FORMATS,
@@ -83,11 +85,11 @@ def key_id_of(pem: str) -> str:
 
 
 class SigningAdmin:
-    """Signing-policy administration with the caller's permissions, reported as security
-    events.
+    """Signing-policy administration with the caller's permissions (the policy layer
+    records each change).
 
     Args:
-        security: the worker's auth services (events).
+        security: the worker's auth services.
         editor: the policy edits (``dtr.signing.policy``).
         changed: called after every edit (drops this worker's cached policy set).
     """
@@ -107,8 +109,10 @@ class SigningAdmin:
 
     async def _visible(self, caller: Caller, name: str) -> PolicyView:
         view = await self.editor.get(name)
-        if view is None or not self.may_read(caller, view):
+        if view is None:
             raise NotFound(f"signing policy {name} not found", {"policy": name})
+        if not self.may_read(caller, view):
+            raise Hidden(f"signing policy {name} not found", {"policy": name})
         return view
 
     @staticmethod
@@ -123,16 +127,6 @@ class SigningAdmin:
         caller.require("system:admin")
         self._not_config(view)
         return view
-
-    async def _record(self, caller: Caller, action: str, view: PolicyView | None,
-                      name: str, **detail: object) -> None:
-        self._changed()
-        p = caller.principal
-        await self.security.events.emit(SecurityEvent(
-            action=action, outcome="allow", actor_kind=p.kind, actor=p.name, method=p.method,
-            resource=name, token_id=p.token_id or "",
-            detail={"version": view.version if view else None,
-                    "pattern": view.pattern if view else None, **detail}))
 
     async def _edit(self, caller: Caller, name: str,
                     change: Callable[[PolicySpec], PolicySpec]) -> PolicyView:
@@ -170,7 +164,7 @@ class SigningAdmin:
         if view is None:
             raise Conflict(f"signing policy {data.name} already exists",
                            {"policy": data.name})
-        await self._record(caller, "signing.policy.created", view, view.name)
+        self._changed()
         return view
 
     async def update(self, caller: Caller, name: str,
@@ -188,14 +182,14 @@ class SigningAdmin:
             return _replace(spec, **fields)
 
         view = await self._edit(caller, name, change)
-        await self._record(caller, "signing.policy.updated", view, name)
+        self._changed()
         return view
 
     async def delete(self, caller: Caller, name: str) -> None:
         """Delete a policy (its repositories are no longer protected by it)."""
-        view = await self._writable(caller, name)
+        await self._writable(caller, name)
         await self.editor.delete(name, actor=caller.name)
-        await self._record(caller, "signing.policy.deleted", view, name)
+        self._changed()
 
     async def add_key(self, caller: Caller, name: str,
                       data: s.SigningKeyAdd) -> tuple[str, PolicyView]:
@@ -207,7 +201,7 @@ class SigningAdmin:
                            {"policy": name, "key_id": kid})
         view = await self._edit(caller, name, lambda spec: _replace(
             spec, keys=(*spec.keys, KeySpec(data.pem, data.name))))
-        await self._record(caller, "signing.key.added", view, name, key_id=kid)
+        self._changed()
         return kid, view
 
     async def set_key_status(self, caller: Caller, name: str, key_id: str,
@@ -226,8 +220,7 @@ class SigningAdmin:
             done = await self.editor.set_key_status(name, key_id, status, actor=caller.name)
         except PolicyError as exc:
             raise Invalid(str(exc), {"policy": name, "key_id": key_id}) from None
-        await self._record(caller, f"signing.key.{status}", done.policy, name,
-                           key_id=key_id, digests=len(done.changed), tags=done.tags)
+        self._changed()
         return done
 
     async def delete_key(self, caller: Caller, name: str, key_id: str) -> PolicyView:
@@ -238,7 +231,7 @@ class SigningAdmin:
                            {"policy": name, "key_id": key_id})
         view = await self._edit(caller, name, lambda spec: _replace(
             spec, keys=tuple(k for k in spec.keys if key_id_of(k.pem) != key_id)))
-        await self._record(caller, "signing.key.deleted", view, name, key_id=key_id)
+        self._changed()
         return view
 
     async def set_store(self, caller: Caller, name: str, store: str,
@@ -248,7 +241,7 @@ class SigningAdmin:
         new = TrustStoreSpec(store, data.roots_pem, tuple(data.identities))
         view = await self._edit(caller, name, lambda spec: _replace(
             spec, trust_stores=(*(t for t in spec.trust_stores if t.name != store), new)))
-        await self._record(caller, "signing.truststore.set", view, name, store=store)
+        self._changed()
         return view
 
     async def delete_store(self, caller: Caller, name: str, store: str) -> PolicyView:
@@ -259,7 +252,7 @@ class SigningAdmin:
                            {"policy": name, "store": store})
         view = await self._edit(caller, name, lambda spec: _replace(
             spec, trust_stores=tuple(t for t in spec.trust_stores if t.name != store)))
-        await self._record(caller, "signing.truststore.deleted", view, name, store=store)
+        self._changed()
         return view
 
 

@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody
 
 from dtr.api.admin import guards as g
 from dtr.api.admin import schemas as s
-from dtr.api.admin.deps import Admin
+from dtr.api.admin.deps import Admin, Me
 from dtr.api.admin.services import TeamView
 from dtr.api.problems import problem_responses as errors
 
@@ -38,10 +38,10 @@ class TeamController(Controller):
         return [team_out(t) for t in await admin.list_teams(org)]
 
     @post("/", guards=ADMIN, summary="Create a team", responses=errors(404, 409, 422))
-    async def create_team(self, admin: Admin, org: FromPath[str],
+    async def create_team(self, admin: Admin, caller: Me, org: FromPath[str],
                           data: JSONBody[s.TeamCreate]) -> s.Team:
         """Create a team. Requires ``org:admin``."""
-        return team_out(await admin.create_team(org, data))
+        return team_out(await admin.create_team(caller, org, data))
 
     @get("/{team:str}", summary="Show a team", responses=errors(404))
     async def get_team(self, admin: Admin, org: FromPath[str], team: FromPath[str]) -> s.Team:
@@ -49,17 +49,18 @@ class TeamController(Controller):
         return team_out(await admin.get_team(org, team))
 
     @patch("/{team:str}", guards=ADMIN, summary="Change a team", responses=errors(404, 422))
-    async def update_team(self, admin: Admin, org: FromPath[str], team: FromPath[str],
-                          data: JSONBody[s.TeamUpdate]) -> s.Team:
+    async def update_team(self, admin: Admin, caller: Me, org: FromPath[str],
+                          team: FromPath[str], data: JSONBody[s.TeamUpdate]) -> s.Team:
         """Change the description or the mirrored provider group (``""`` clears).
         Requires ``org:admin``.
         """
-        return team_out(await admin.update_team(org, team, data))
+        return team_out(await admin.update_team(caller, org, team, data))
 
     @delete("/{team:str}", guards=ADMIN, summary="Delete a team", responses=errors(404))
-    async def delete_team(self, admin: Admin, org: FromPath[str], team: FromPath[str]) -> None:
+    async def delete_team(self, admin: Admin, caller: Me, org: FromPath[str],
+                          team: FromPath[str]) -> None:
         """Delete a team with its memberships and grants. Requires ``org:admin``."""
-        await admin.delete_team(org, team)
+        await admin.delete_team(caller, org, team)
 
     @get("/{team:str}/members", summary="List team members", responses=errors(404))
     async def list_members(self, admin: Admin, org: FromPath[str],
@@ -69,16 +70,16 @@ class TeamController(Controller):
 
     @put("/{team:str}/members/{user:str}", guards=ADMIN,
          summary="Add a team member", responses=errors(404, 409, 422))
-    async def add_member(self, admin: Admin, org: FromPath[str], team: FromPath[str],
-                         user: FromPath[str]) -> s.Team:
+    async def add_member(self, admin: Admin, caller: Me, org: FromPath[str],
+                         team: FromPath[str], user: FromPath[str]) -> s.Team:
         """Add an existing user (idempotent). Requires ``org:admin``; 409 for a team
         synced from a provider group.
         """
-        return team_out(await admin.add_member(org, team, user))
+        return team_out(await admin.add_member(caller, org, team, user))
 
     @delete("/{team:str}/members/{user:str}", guards=ADMIN,
             summary="Remove a team member", responses=errors(404, 409))
-    async def remove_member(self, admin: Admin, org: FromPath[str], team: FromPath[str],
-                            user: FromPath[str]) -> None:
+    async def remove_member(self, admin: Admin, caller: Me, org: FromPath[str],
+                            team: FromPath[str], user: FromPath[str]) -> None:
         """Take a member out of the team. Requires ``org:admin``."""
-        await admin.remove_member(org, team, user)
+        await admin.remove_member(caller, org, team, user)

@@ -5,6 +5,10 @@ Permissions (checked against the trust's organization — the org of its robot o
 binding — in the service): create, change and delete ``org:admin`` in that org
 (``system:admin`` for trusts bound to a system robot); read the same, or ``audit:read``.
 Trusts the caller may not read are not listed and answer 404.
+
+Every change is recorded as a security event (``federation.trust.created``, ``.updated``,
+``.deleted``) in the transaction that makes it, with the robot and grant a role binding
+creates or removes.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ from typing import TypeAlias
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
+from sqlalchemy import Connection
 
 from dtr.api.admin import guards as g
 from dtr.api.admin import schemas as s
 from dtr.api.admin.deps import Me
-from dtr.api.admin.guards import Caller
+from dtr.api.admin.guards import Caller, Hidden
+from dtr.api.admin.services import Record, changed
 from dtr.api.context import Security
 from dtr.api.federation import federation_service
 from dtr.api.problems import problem_responses as errors
 from dtr.auth import federation as fed
 from dtr.auth.federation import TrustInfo
-from dtr.errors import NotFound
-from dtr.events import SecurityEvent
 from dtr.policy.actions import SYSTEM, parse_subject
+
+COMPARED = ("issuer", "audience", "conditions", "scopes", "max_token_seconds", "enabled",
+            "description")
+"""The trust fields an update may change (named in ``federation.trust.updated``)."""
 
 
 def trust_out(trust: TrustInfo) -> s.Trust:
@@ -71,20 +79,28 @@ class TrustService:
     async def _visible(self, caller: Caller, name: str) -> TrustInfo:
         trust = await self.federation.get_trust(name)
         if not self._may_read(caller, trust):
-            raise NotFound(f"federation trust {name} not found", {"trust": name})
+            raise Hidden(f"federation trust {name} not found", {"trust": name})
         return trust
 
     def _require_admin(self, caller: Caller, org: str | None) -> None:
         caller.require("system:admin" if org is None else "org:admin", org or SYSTEM)
 
-    async def _record(self, caller: Caller, action: str, trust: TrustInfo) -> None:
-        p = caller.principal
-        await self.security.events.emit(SecurityEvent(
-            action=action, outcome="allow", actor_kind=p.kind, actor=p.name, method=p.method,
-            resource=trust.name, token_id=p.token_id or "",
-            detail={"issuer": trust.issuer, "audience": trust.audience,
-                    "robot": trust.robot, "enabled": trust.enabled,
-                    "conditions": [str(c) for c in trust.conditions]}))
+    def _recorder(self, caller: Caller, action: str) -> fed.OnChange:
+        """Records ``action`` in the change's transaction (an update that changed nothing
+        is not recorded).
+        """
+        rule, events = caller.why(), self.security.events
+
+        def on_change(conn: Connection, before: TrustInfo | None, after: TrustInfo) -> None:
+            detail = _detail(after)
+            if action.endswith(".updated"):
+                fields = changed(before, after, COMPARED)
+                if not fields:
+                    return
+                detail["changed"] = fields
+            Record(events, conn, rule)(action, after.name, org=after.org, **detail)
+
+        return on_change
 
     async def list(self, caller: Caller) -> list[TrustInfo]:
         """The trusts the caller may read, in exchange order."""
@@ -113,9 +129,10 @@ class TrustService:
             scopes=None if data.scopes is None else tuple(data.scopes),
             max_token_seconds=data.max_token_seconds, enabled=data.enabled,
             description=data.description, preset=data.preset)
-        trust = await self.federation.create_trust(spec, created_by=caller.name)
+        trust = await self.federation.create_trust(
+            spec, created_by=caller.name,
+            on_change=self._recorder(caller, "federation.trust.created"))
         await self.security.policy.refresh()
-        await self._record(caller, "federation.trust.created", trust)
         return trust
 
     async def update(self, caller: Caller, name: str, data: s.TrustUpdate) -> TrustInfo:
@@ -127,17 +144,27 @@ class TrustService:
             conditions=None if data.conditions is None else _conditions(data.conditions),
             scopes=None if data.scopes is None else tuple(data.scopes),
             max_token_seconds=data.max_token_seconds, enabled=data.enabled,
-            description=data.description))
-        await self._record(caller, "federation.trust.updated", trust)
+            description=data.description),
+            on_change=self._recorder(caller, "federation.trust.updated"))
         return trust
 
     async def delete(self, caller: Caller, name: str) -> None:
         """Delete a trust (and the robot it owns, with its grants)."""
         found = await self._visible(caller, name)
         self._require_admin(caller, found.org)
-        trust = await self.federation.delete_trust(name)
+        await self.federation.delete_trust(
+            name, on_change=self._recorder(caller, "federation.trust.deleted"))
         await self.security.policy.refresh()
-        await self._record(caller, "federation.trust.deleted", trust)
+
+
+def _detail(trust: TrustInfo) -> dict[str, object]:
+    binding = trust.role_binding
+    return {"issuer": trust.issuer, "audience": trust.audience, "robot": trust.robot,
+            "owns_robot": trust.owns_robot, "enabled": trust.enabled,
+            "conditions": [str(c) for c in trust.conditions],
+            "role_binding": None if binding is None else binding.to_dict(),
+            "scopes": None if trust.scopes is None else list(trust.scopes),
+            "max_token_seconds": trust.max_token_seconds}
 
 
 Trusts: TypeAlias = NamedDependency[TrustService]

@@ -1,6 +1,10 @@
 """Thin ``/v2`` handlers: parse the request, authorise through ``AccessControl``, make one
 registry call, render. Domain errors are rendered by :func:`with_errors` from the table
 in ``api/oci/errors.py``; bodies stream, never read whole (manifests excepted, ≤ 4 MiB).
+
+A served manifest ``GET`` is reported as ``manifest.pulled`` when ``OciContext.record_pulls``
+is on (``HEAD`` and blob reads are not: clients send them by the dozen per pull, and the
+manifest ``GET`` is the one request every pull makes).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Redirect, Stream
 
+from dtr.api.oci.audit import manifest_pulled
 from dtr.api.oci.errors import classify, envelope
 from dtr.api.oci.responses import PathSendResponse, supports_pathsend
 from dtr.api.oci.security import AccessControl, Challenge
 from dtr.core import mediatypes as mt
+from dtr.core.reference import is_digest_reference
 from dtr.core.referrers import referrers_index
 from dtr.core.registry import Registry
 from dtr.errors import (
@@ -31,6 +37,7 @@ from dtr.errors import (
     RateLimited,
     UploadInvalid,
 )
+from dtr.events import SecurityEvents
 
 log = logging.getLogger("dtr.api.oci")
 API_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -43,12 +50,18 @@ Req = Request[Any, Any, Any]
 
 @dataclass(frozen=True, slots=True)
 class OciContext:
-    """What every handler needs, built once by the composition root."""
+    """What every handler needs, built once by the composition root.
+
+    ``events`` receives ``manifest.pulled`` when ``record_pulls`` is on
+    (``audit.record_pulls``).
+    """
 
     registry: Registry
     access: AccessControl
     public_url: str = ""
     chunk_min: int = 0
+    events: SecurityEvents | None = None
+    record_pulls: bool = False
 
     def url(self, path: str) -> str:
         """A ``Location`` value: relative unless a public URL is configured."""
@@ -288,7 +301,13 @@ async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     headers = {"Docker-Content-Digest": m.digest, "ETag": f'"{m.digest}"',
                "Content-Length": str(len(m.content))}
     inm = request.headers.get("if-none-match")
-    if inm and m.digest in inm:
+    not_modified = bool(inm and m.digest in inm)
+    if ctx.record_pulls and ctx.events is not None and request.method == "GET":
+        # before the response: fail-closed serves nothing unrecorded
+        await ctx.events.emit(manifest_pulled(
+            name, "" if is_digest_reference(reference) else reference, m.digest,
+            m.media_type, not_modified))
+    if not_modified:
         return reply(304, media_type=m.media_type, headers=headers)
     body = b"" if request.method == "HEAD" else m.content
     return reply(200, body, m.media_type, headers)

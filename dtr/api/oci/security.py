@@ -13,6 +13,13 @@ switched-off mode (``auth.enabled: false``) for isolated test registries.
 The check runs on every ``/v2`` request, so its accepting path reads the two headers it
 needs straight from the ASGI scope and keeps the claims in the scope's state, rather than
 having Litestar build a ``Headers`` and a ``State`` object per request.
+
+Audit: an accepted token names the caller in the request context (actor, method, token
+id: a few attribute sets, no database read), so every event the request causes carries
+them. Refusals are reported through ``Security.events``: a token that fails verification
+or whose credential was revoked as ``auth.token.rejected``, a missing scope or a live
+policy refusal as ``access.denied`` (one per refused action). A request without any
+bearer token gets the challenge unrecorded: every client's first request is one.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from typing import Any, Literal, Protocol
 from litestar import Request
 
 from dtr.api.context import Security, scope_header
+from dtr.api.oci.audit import access_denied, catalog_denied, token_rejected
 from dtr.auth.principal import Principal
 from dtr.auth.scopes import scope_allows
-from dtr.auth.tokens import Claims
+from dtr.auth.tokens import Claims, TokenRejected
 from dtr.errors import Denied, InvalidToken, Unauthorized
+from dtr.events import current_context
 
 Action = Literal["pull", "push", "delete", "catalog"]
 Req = Request[Any, Any, Any]
@@ -123,20 +132,30 @@ class TokenAccess:
         if kind.lower() != "bearer" or not token:
             raise self.challenge(request, _scope(repository, actions), None,
                                  "authentication required", _detail(repository, actions))
+        events = self.security.events
         try:
             claims = self.security.verifier.verify(token, self.security.service(request))
         except InvalidToken as exc:
+            reason = exc.reason if isinstance(exc, TokenRejected) else "invalid"
+            await events.emit(token_rejected(reason, exc.message, repository, actions))
             raise self.challenge(request, _scope(repository, actions), "invalid_token",
                                  exc.message) from None
         # request.state wraps this dict (Litestar sets scope["state"] on every request)
         request.scope.setdefault("state", {})[CLAIMS_KEY] = claims
+        ctx = current_context()
+        if ctx is not None:
+            ctx.identify(kind=claims.kind, name=claims.sub, subject=claims.subject,
+                         method=claims.method, token_id=claims.token_id or claims.jti)
         if repository is None:
             if actions == ("catalog",) and not claims.allows("registry", "catalog", "*"):
+                await events.emit(catalog_denied())
                 raise self.challenge(request, _scope(repository, actions), "insufficient_scope",
                                      "the token does not grant the catalog")
             return
         missing = [a for a in actions if not claims.allows("repository", repository, a)]
         if missing:
+            for action in missing:
+                await events.emit(access_denied(repository, action, "insufficient_scope"))
             raise self.challenge(request, _scope(repository, actions), "insufficient_scope",
                                  f"the token does not grant {','.join(missing)} on "
                                  f"{repository}", _detail(repository, tuple(missing)))
@@ -144,6 +163,9 @@ class TokenAccess:
         if recheck:
             principal = claims.principal()
             if not await self.security.credentials.still_valid(principal):
+                await events.emit(token_rejected(
+                    "credential_invalid", "the account is disabled or expired, or the token "
+                    "it logged in with was revoked", repository, actions))
                 raise self.challenge(request, _scope(repository, actions), "invalid_token",
                                      "the account is disabled or expired, or the token it "
                                      "logged in with was revoked")
@@ -157,6 +179,9 @@ class TokenAccess:
                 await policy.refresh()
                 if policy.allowed(principal.subject, repository, action):
                     continue
+                decision = policy.decide(principal.subject, repository, action)
+                await events.emit(access_denied(repository, action, decision.reason,
+                                                decision.line, recheck=True))
                 raise Denied(f"{action} on {repository} is no longer allowed for "
                              f"{principal.name or 'anonymous'}")
 

@@ -418,6 +418,14 @@ def _promote(w: World, persona: str) -> Call:
                 json={"source": f"acme/app@{app.digest}", "tags": [w.unique("promoted")]})
 
 
+# -- the audit log (read only: auditors and administrators) ------------------------------
+
+register_fixed("GET", f"{V1}/audit", params={"repository": "acme/**", "limit": "5"})
+register_fixed("GET", f"{V1}/audit/count", params={"outcome": "deny"})
+register_fixed("GET", f"{V1}/audit/export", params={"format": "csv", "action": "tag.*"})
+register_fixed("GET", f"{V1}/audit/verify")
+register_fixed("GET", f"{V1}/audit/checkpoints")
+
 # -- OIDC login (off in this world) and logout ---------------------------------------------
 
 register_fixed("GET", f"{V1}/auth/oidc")
