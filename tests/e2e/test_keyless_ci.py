@@ -13,13 +13,15 @@ inside the Kubernetes trust's grant and cannot log in with a token for another a
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,12 +203,20 @@ def tagged_in(server: DtrServer, repository: str, tag: str) -> bool:
     return head.status_code == 200
 
 
-def exchanges(server: DtrServer) -> list[dict[str, Any]]:
-    """The ``auth.federation.exchange`` security events in the server's log, oldest first."""
-    log = server.data_dir / f"dtr-{server.port}.log"
-    return [json.loads(line.split(" - events - ", 1)[1])
-            for line in log.read_text(errors="replace").splitlines()
-            if '"auth.federation.exchange"' in line]
+def exchanges(server: DtrServer, more_than: int | None = None) -> list[dict[str, Any]]:
+    """The ``auth.federation.exchange`` events of the server's audit log, oldest first;
+    with ``more_than``, waits (up to 15 s) until there are more than that many (refusals
+    are committed by the audit writer just after the response)."""
+    deadline = time.monotonic() + 15
+    while True:
+        with contextlib.closing(sqlite3.connect(server.data_dir / "dtr.db")) as db:
+            db.row_factory = sqlite3.Row
+            found = [dict(r) for r in db.execute(
+                "SELECT * FROM audit_event WHERE action = 'auth.federation.exchange' "
+                "ORDER BY seq")]
+        if more_than is None or len(found) > more_than or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 Podman = Callable[..., subprocess.CompletedProcess[str]]
@@ -284,7 +294,7 @@ def test_helm_logs_in_with_an_id_token(server: DtrServer, op: OpenIDProvider,
     wrong = login(op.workload_token(account, "elsewhere.example", **claims))
     assert wrong.returncode != 0, wrong.stdout
     assert "audience 'elsewhere.example'" in wrong.stderr, wrong.stderr
-    refused = exchanges(server)[seen:]
+    refused = exchanges(server, seen)[seen:]
     assert refused, "helm never asked for a token"
     assert {e["reason"] for e in refused} == {"wrong_audience"}, refused
 
@@ -293,7 +303,7 @@ def test_helm_logs_in_with_an_id_token(server: DtrServer, op: OpenIDProvider,
     seen = len(exchanges(server))
     ok = login(op.workload_token(account, AUD, **claims))
     assert ok.returncode == 0, ok.stderr
-    logged_in = exchanges(server)[seen:]
+    logged_in = exchanges(server, seen)[seen:]
     assert logged_in, "helm never asked for a token"
     assert all(e["outcome"] == "allow" for e in logged_in), logged_in
     repo, chart = inside.rsplit("/", 1)  # helm pushes to <oci ref>/<chart name>
