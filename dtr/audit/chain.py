@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # the C escaper when available
 from typing import Any
 
 import rfc8785
@@ -29,6 +30,7 @@ TEXT_FIELDS = ("action", "outcome", "actor_kind", "actor_id", "actor", "method",
                "digest", "resource", "reason", "rule")
 """Every text field of an event, in column order (limits: the column widths)."""
 _WIDTHS = {c.name: getattr(c.type, "length", None) for c in AuditEvent.__table__.columns}
+_FIELD_WIDTHS = tuple((name, _WIDTHS.get(name) or 1 << 30) for name in TEXT_FIELDS)
 COLUMNS = ("seq", "time", *TEXT_FIELDS, "detail", "prev_hash", "hash")
 """The columns of an event row, in the order exports write them."""
 
@@ -36,11 +38,6 @@ COLUMNS = ("seq", "time", *TEXT_FIELDS, "detail", "prev_hash", "hash")
 def format_time(when: dt.datetime) -> str:
     """The canonical text of an event time: UTC, microseconds, ``Z``."""
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _clip(name: str, value: str) -> str:
-    width = _WIDTHS.get(name)
-    return value if width is None or len(value) <= width else value[: width - 1] + "…"
 
 
 def _plain(value: Any) -> Any:
@@ -62,23 +59,46 @@ def row_of(event: SecurityEvent) -> dict[str, Any]:
     text fields clipped to their columns, ``detail`` as canonical JSON text, ``time`` to
     the microsecond.
     """
-    row: dict[str, Any] = {name: _clip(name, str(getattr(event, name) or ""))
-                           for name in TEXT_FIELDS}
+    row: dict[str, Any] = {}
+    for name, width in _FIELD_WIDTHS:
+        value = getattr(event, name)
+        value = value if type(value) is str else str(value or "")
+        row[name] = value if len(value) <= width else value[: width - 1] + "…"
     row["time"] = dt.datetime.fromtimestamp(event.time, dt.UTC)
-    row["detail"] = rfc8785.dumps(_plain(dict(event.detail))).decode()
+    try:
+        row["detail"] = rfc8785.dumps(dict(event.detail)).decode()
+    except (rfc8785.CanonicalizationError, TypeError, ValueError):
+        row["detail"] = rfc8785.dumps(_plain(dict(event.detail))).decode()
     return row
+
+
+_KEYS = tuple(sorted((*TEXT_FIELDS, "seq", "time", "detail", "prev_hash")))
+_string = encode_basestring
+"""A JSON string as RFC 8785 writes it: only ``"``, ``\\`` and control characters escaped
+(``\\b \\t \\n \\f \\r`` short, others ``\\u00xx``), everything else as is."""
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
     """The bytes a row's hash covers: RFC 8785 JSON of every column but ``hash``, with
-    ``time`` as :func:`format_time` text and ``detail`` parsed.
+    ``time`` as :func:`format_time` text and ``detail`` (already RFC 8785 text, as
+    :func:`row_of` stores it) as its JSON value.
+
+    Written directly (every member is a string but ``seq``, an integer, and ``detail``,
+    canonical already); ``tests/unit/audit`` holds it to ``rfc8785.dumps`` of the same
+    object.
     """
-    body: dict[str, Any] = {name: row[name] for name in TEXT_FIELDS}
-    body["seq"] = int(row["seq"])
-    body["time"] = format_time(row["time"])
-    body["detail"] = json.loads(row["detail"])
-    body["prev_hash"] = row["prev_hash"]
-    return rfc8785.dumps(body)
+    parts = []
+    for key in _KEYS:
+        if key == "seq":
+            value = str(int(row["seq"]))
+        elif key == "detail":
+            value = str(row["detail"])
+        elif key == "time":
+            value = _string(format_time(row["time"]))
+        else:
+            value = _string(str(row[key]))
+        parts.append(f'"{key}":{value}')
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 def link_hash(row: Mapping[str, Any]) -> str:

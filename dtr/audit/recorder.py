@@ -31,6 +31,9 @@ log = logging.getLogger("dtr.audit")
 _KEY = "audit"
 BATCH = 512
 """Most events one writer transaction chains."""
+LINGER = 0.1
+"""Seconds a fail-open writer waits after the first queued event before writing (events
+on their own reach the chain at most this much later; fail-closed writes at once)."""
 _DENIED_ACTIONS = frozenset({"tag.denied", "manifest.pull.denied"})
 
 
@@ -138,6 +141,10 @@ class AuditRecorder:
         delay = 0.05
         while True:
             await self._wake.wait()
+            if not self.fail_closed and not self._closing and len(self._queue) < BATCH:
+                # nobody waits for these events: gather what arrives meanwhile, so a busy
+                # registry writes one transaction per LINGER, not one per pull
+                await asyncio.sleep(LINGER)
             self._wake.clear()
             while self._queue:
                 batch = self._queue[:BATCH]

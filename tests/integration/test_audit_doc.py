@@ -54,6 +54,7 @@ def used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient
         body = oci.image("acme/app")
         assert oci.put_manifest("acme/app", "v1", body).status_code == 201
         del c.headers["Authorization"]
+        c.blocking_portal.call(c.app.state.audit.flush)
         yield c
 
 

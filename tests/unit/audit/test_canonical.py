@@ -1,0 +1,52 @@
+"""The chain's canonical form is RFC 8785: ``dtr.audit.chain.canonical`` writes the same
+bytes as the ``rfc8785`` package for every kind of field value (quotes, backslashes,
+control characters, non-ASCII, U+2028, emoji, nested details), so anyone can recompute a
+hash from an export with any RFC 8785 implementation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from typing import Any
+
+import pytest
+import rfc8785
+
+from dtr.audit import chain
+from dtr.events import SecurityEvent
+
+TRICKY = ['plain', 'quote " and \\ backslash', "ctl \x00\x01\x08\t\n\x0b\x0c\r\x1f\x7f",
+          "é ü ß 中文 \u2028\u2029 😀", "", "</script>", "a" * 600]
+
+
+def body(row: dict[str, Any]) -> dict[str, Any]:
+    out = {name: row[name] for name in chain.TEXT_FIELDS}
+    out.update(seq=int(row["seq"]), time=chain.format_time(row["time"]),
+               detail=json.loads(row["detail"]), prev_hash=row["prev_hash"])
+    return out
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_canonical_is_rfc8785(text: str) -> None:
+    event = SecurityEvent("manifest.pulled", "allow", actor=text, user_agent=text,
+                          reason=text, detail={"z": text, "a": [1, 2.5, None, True, {"b": text}],
+                                               "n": 2**40})
+    row = chain.row_of(event)
+    row.update(seq=123456789, prev_hash="f" * 64)
+    assert chain.canonical(row) == rfc8785.dumps(body(row))
+
+
+def test_random_text_is_rfc8785() -> None:
+    rng = random.Random(8785)
+    for _ in range(300):
+        text = "".join(chr(rng.choice([rng.randrange(0, 0x80), rng.randrange(0x80, 0xD800),
+                                       rng.randrange(0xE000, 0x110000)]))
+                       for _ in range(rng.randrange(0, 40)))
+        event = SecurityEvent("a.b", "deny", actor=text, tag=text[:10],
+                              time=rng.uniform(0, 2e9), detail={text: text})
+        row = chain.row_of(event)
+        row.update(seq=rng.randrange(1, 2**53), prev_hash=chain.GENESIS)
+        assert chain.canonical(row) == rfc8785.dumps(body(row))
+        assert row["time"].tzinfo == dt.UTC
