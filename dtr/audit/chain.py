@@ -78,10 +78,11 @@ _string = encode_basestring
 (``\\b \\t \\n \\f \\r`` short, others ``\\u00xx``), everything else as is."""
 
 
-def canonical(row: Mapping[str, Any]) -> bytes:
+def canonical(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> bytes:
     """The bytes a row's hash covers: RFC 8785 JSON of every column but ``hash``, with
-    ``time`` as :func:`format_time` text and ``detail`` (already RFC 8785 text, as
-    :func:`row_of` stores it) as its JSON value.
+    ``time`` as :func:`format_time` text and ``detail`` (JSON text) as its JSON value;
+    ``detail_is_canonical``: the text is RFC 8785 already (:func:`row_of` made it), so it
+    is used as is rather than parsed and written again.
 
     Written directly (every member is a string but ``seq``, an integer, and ``detail``,
     canonical already); ``tests/unit/audit`` holds it to ``rfc8785.dumps`` of the same
@@ -92,7 +93,8 @@ def canonical(row: Mapping[str, Any]) -> bytes:
         if key == "seq":
             value = str(int(row["seq"]))
         elif key == "detail":
-            value = str(row["detail"])
+            value = (str(row["detail"]) if detail_is_canonical
+                     else rfc8785.dumps(json.loads(row["detail"])).decode())
         elif key == "time":
             value = _string(format_time(row["time"]))
         else:
@@ -101,9 +103,9 @@ def canonical(row: Mapping[str, Any]) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
-def link_hash(row: Mapping[str, Any]) -> str:
-    """The hash of ``row`` (its ``prev_hash`` included)."""
-    return hashlib.sha256(canonical(row)).hexdigest()
+def link_hash(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> str:
+    """The hash of ``row`` (its ``prev_hash`` included; see :func:`canonical`)."""
+    return hashlib.sha256(canonical(row, detail_is_canonical=detail_is_canonical)).hexdigest()
 
 
 def append(conn: Connection, events: Sequence[SecurityEvent]) -> list[dict[str, Any]]:
@@ -125,7 +127,7 @@ def append(conn: Connection, events: Sequence[SecurityEvent]) -> list[dict[str, 
         seq += 1
         row = row_of(event)
         row["seq"], row["prev_hash"] = seq, prev
-        row["hash"] = prev = link_hash(row)
+        row["hash"] = prev = link_hash(row, detail_is_canonical=True)
         rows.append(row)
     conn.execute(insert(AuditEvent), rows)
     conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
