@@ -113,6 +113,7 @@ class Audited:
 
     def verify(self) -> None:
         keys = checkpoint_keys(self.client.app.state.security.keys)
+        self.portal(self.client.app.state.audit.flush)  # events queued for the writer
         report = self.portal(verify_chain, self.client.app.state.security.db, keys)
         assert report.ok, report.problem
         assert report.checked == len(self.rows())

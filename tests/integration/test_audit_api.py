@@ -390,6 +390,7 @@ def test_verify_then_tamper(client: TestClient[Any], auditor: dict[str, str],
     result = CliRunner().invoke(main, ["audit", "verify", "--local", "--config", str(config)])
     assert result.exit_code == 1, result.output
     assert "audit chain BROKEN at event 77: modified" in result.stdout
+    client.blocking_portal.call(client.app.state.audit.flush)  # audit.verified is queued
     verified = list(listed(client, auditor, action="audit.verified"))
     assert [e["detail"]["ok"] for e in verified] == [False, True]
     assert verified[0]["detail"]["first_bad_seq"] == 77
