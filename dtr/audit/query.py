@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import functools
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -44,6 +43,7 @@ from dtr.audit.checkpoints import Checkpoint
 from dtr.db.database import Database
 from dtr.db.models import AuditCheckpoint, AuditEvent
 from dtr.errors import Invalid
+from dtr.globs import glob_match
 
 Order = Literal["asc", "desc"]
 OUTCOMES = ("allow", "deny", "error")
@@ -59,24 +59,6 @@ _CURSOR = re.compile(r"(\d{1,19}):(asc|desc)")
 
 
 # -- globs ------------------------------------------------------------------------------------
-
-def glob_match(pattern: str, name: str) -> bool:
-    """True if the repository glob ``pattern`` matches ``name``: ``*`` stays inside one
-    ``/``-separated part, ``**`` crosses ``/``, everything else is literal (the semantics
-    of ``dtr.auth.scopes.glob_match`` and the policy's ``globMatch``).
-    """
-    return _glob_regex(pattern).fullmatch(name) is not None
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for i, chunk in enumerate(pattern.split("**")):
-        if i:
-            parts.append(".*")
-        parts.append("[^/]*".join(re.escape(p) for p in chunk.split("*")))
-    return re.compile("".join(parts), re.S)
-
 
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

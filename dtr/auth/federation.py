@@ -36,13 +36,14 @@ from sqlalchemy.exc import IntegrityError
 from dtr.auth import accounts as acc
 from dtr.auth.oidc import IdToken, IdTokenRefused, Providers, peek_issuer
 from dtr.auth.principal import Principal
-from dtr.auth.scopes import glob_match, normalize_restrictions
+from dtr.auth.scopes import normalize_restrictions
 from dtr.config import AuthSettings
 from dtr.db.base import utcnow
 from dtr.db.database import Database
 from dtr.db.models import Account, FederationTrust
 from dtr.errors import Conflict, Invalid, NotFound, Unauthorized, Unavailable
 from dtr.events import SecurityEvent, SecurityEvents
+from dtr.globs import glob_match
 
 T = TypeVar("T")
 Match = Literal["exact", "glob"]

@@ -17,12 +17,12 @@ rule as the policy's ``globMatch``), plus optionally ``registry:catalog:*``.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dtr.errors import Invalid
+from dtr.globs import glob_match
 
 REPOSITORY_ACTIONS = ("pull", "push", "delete", "*")
 """Actions a ``repository`` scope may carry (``*`` = every action)."""
@@ -185,19 +185,3 @@ def restrict_actions(restrictions: Iterable[str] | None, name: str,
     return tuple(a for a in actions if scope_allows(kept, name, a))
 
 
-def glob_match(pattern: str, name: str) -> bool:
-    """Match a repository path against a glob.
-
-    ``*`` stays inside one path component, ``**`` crosses ``/``; everything else is literal.
-    """
-    return _glob_regex(pattern).fullmatch(name) is not None
-
-
-@functools.lru_cache(maxsize=1024)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for i, chunk in enumerate(pattern.split("**")):
-        if i:
-            parts.append(".*")
-        parts.append("[^/]*".join(re.escape(p) for p in chunk.split("*")))
-    return re.compile("".join(parts), re.S)

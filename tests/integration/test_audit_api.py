@@ -1,7 +1,7 @@
 """The auditors' audit log API (``/api/v1/audit``) in-process on SQLite and PostgreSQL:
 every filter alone and combined (checked against the stored rows with an independent
 implementation of the filters, the repository glob being the access policy's
-``dtr.auth.scopes.glob_match``), cursor pages without duplicates or gaps in both orders,
+``dtr.globs.glob_match``), cursor pages without duplicates or gaps in both orders,
 JSONL and CSV exports byte for byte and read page by page, and verification before and
 after a row is tampered with directly in the table (the API and ``dtr audit verify
 --local`` name its sequence number).
@@ -33,13 +33,13 @@ from dtr.app import create_app
 from dtr.audit import chain
 from dtr.audit import query as q
 from dtr.audit.export import export
-from dtr.auth.scopes import glob_match as policy_glob_match
 from dtr.cli import main
 from dtr.cli_admin import login
 from dtr.cli_audit import audit
 from dtr.db.database import Database
 from dtr.db.models import AuditEvent
 from dtr.events import SecurityEvent
+from dtr.globs import glob_match as policy_glob_match
 from tests.conftest import make_settings
 from tests.support.http import basic, bearer
 from tests.support.peers import ADMIN_PASSWORD, dtr_server
