@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -138,21 +138,36 @@ def set_context(ctx: RequestContext | None) -> None:
     _context.set(ctx)
 
 
+_EVENT_FIELDS = tuple(f.name for f in fields(SecurityEvent))
+_FROM_CONTEXT = ("method", "token_id", "client_ip", "user_agent", "request_id")
+_ACTOR_FIELDS = ("actor_kind", "actor_id", "actor")
+_new_event = object.__new__
+_set_field = object.__setattr__
+
+
 def stamped(event: SecurityEvent) -> SecurityEvent:
     """``event`` with its empty actor, address, user agent, method, token and request
     fields taken from the current request context (unchanged outside a request).
+
+    Served on every recorded pull: the copy is made field by field rather than with
+    ``dataclasses.replace`` (a third of its cost).
     """
     ctx = _context.get()
     if ctx is None:
         return event
+    names = _FROM_CONTEXT if event.actor else _FROM_CONTEXT + _ACTOR_FIELDS
     fill: dict[str, Any] = {}
-    names = ["method", "token_id", "client_ip", "user_agent", "request_id"]
-    if not event.actor:  # an event naming its own actor (an identity) keeps it whole
-        names += ["actor_kind", "actor_id", "actor"]
     for name in names:
-        if not getattr(event, name) and getattr(ctx, name):
-            fill[name] = getattr(ctx, name)
-    return replace(event, **fill) if fill else event
+        if not getattr(event, name):
+            value = getattr(ctx, name)
+            if value:
+                fill[name] = value
+    if not fill:
+        return event
+    copy = _new_event(SecurityEvent)
+    for name in _EVENT_FIELDS:
+        _set_field(copy, name, fill[name] if name in fill else getattr(event, name))
+    return copy
 
 
 class SecurityEvents(Protocol):

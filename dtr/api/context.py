@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import itertools
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -134,6 +136,26 @@ class Security:
         return found
 
 
+class _RequestIds:
+    """New request ids: 16 hex digits, a random per-process prefix and a counter (unique
+    without drawing 8 random bytes for every request; re-seeded in forked workers).
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(4)
+        self.counter = itertools.count(secrets.randbits(24))
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFF:08x}"
+
+
+_request_ids = _RequestIds()
+
+
 def audit_context(security: Security) -> Any:
     """ASGI middleware factory: each HTTP request gets a :class:`RequestContext` with its
     request id (the client's ``X-Request-Id`` when a trusted proxy sent a well-formed one,
@@ -150,7 +172,7 @@ def audit_context(security: Security) -> Any:
             rid = scope_header(scope, b"x-request-id")
             if not (rid and REQUEST_ID.fullmatch(rid) and security.trusted_proxies
                     and security.is_trusted_proxy(peer)):
-                rid = secrets.token_hex(8)
+                rid = _request_ids.new()
             ctx = RequestContext(
                 request_id=rid, user_agent=scope_header(scope, b"user-agent")[:512],
                 client_ip=security.client_address(

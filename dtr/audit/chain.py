@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # the C escaper when available
 from typing import Any
@@ -37,7 +38,7 @@ COLUMNS = ("seq", "time", *TEXT_FIELDS, "detail", "prev_hash", "hash")
 
 def format_time(when: dt.datetime) -> str:
     """The canonical text of an event time: UTC, microseconds, ``Z``."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.astimezone(dt.UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def _plain(value: Any) -> Any:
@@ -54,21 +55,84 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+_SAFE_INT = 2**53
+_flat_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                              allow_nan=False).encode
+
+
+def detail_text(detail: Mapping[str, Any]) -> str:
+    """``detail`` as RFC 8785 JSON text.
+
+    A flat mapping of ASCII keys to strings, booleans, ``None`` and integers within
+    2**53 (what nearly every event carries) is written by the C JSON encoder: for those
+    values its output (sorted keys, no spaces, strings escaped as RFC 8785 does) is the
+    RFC 8785 form, which ``tests/unit/audit`` holds it to. Anything else goes through
+    the ``rfc8785`` package; values it cannot take (sets, bytes, big integers) are made
+    plain JSON first.
+    """
+    if not detail:
+        return "{}"
+    for key, value in detail.items():
+        if type(key) is not str or not key.isascii():
+            break
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is int and -_SAFE_INT < value < _SAFE_INT:
+            continue
+        break
+    else:
+        return _flat_json(detail)
+    try:
+        return rfc8785.dumps(dict(detail)).decode()
+    except (rfc8785.CanonicalizationError, TypeError, ValueError):
+        return rfc8785.dumps(_plain(dict(detail))).decode()
+
+
+_fields_of = operator.attrgetter(*TEXT_FIELDS)
+_WIDTH_LIST = tuple(width for _, width in _FIELD_WIDTHS)
+
+
+def _texts(event: SecurityEvent) -> tuple[str, ...]:
+    """The text fields of ``event`` in :data:`TEXT_FIELDS` order, clipped to their
+    columns.
+    """
+    values: tuple[Any, ...] = _fields_of(event)
+    if all(type(v) is str for v in values) and not any(
+            map(operator.gt, map(len, values), _WIDTH_LIST)):
+        return values
+    out = []
+    for value, width in zip(values, _WIDTH_LIST, strict=True):
+        text = value if type(value) is str else str(value or "")
+        out.append(text if len(text) <= width else text[: width - 1] + "…")
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An event ready to be chained: its text fields (in :data:`TEXT_FIELDS` order,
+    clipped to their columns), its time (seconds since the epoch) and its ``detail`` as
+    RFC 8785 text. What the recorder queues and the audit relay carries between processes.
+    """
+
+    texts: tuple[str, ...]
+    time: float
+    detail: str
+
+
+def entry_of(event: SecurityEvent) -> Entry:
+    """``event`` ready to be chained (see :class:`Entry`)."""
+    return Entry(_texts(event), event.time, detail_text(event.detail))
+
+
 def row_of(event: SecurityEvent) -> dict[str, Any]:
     """The row of ``event`` without its chain fields (``seq``, ``prev_hash``, ``hash``):
     text fields clipped to their columns, ``detail`` as canonical JSON text, ``time`` to
     the microsecond.
     """
-    row: dict[str, Any] = {}
-    for name, width in _FIELD_WIDTHS:
-        value = getattr(event, name)
-        value = value if type(value) is str else str(value or "")
-        row[name] = value if len(value) <= width else value[: width - 1] + "…"
+    row: dict[str, Any] = dict(zip(TEXT_FIELDS, _texts(event), strict=True))
     row["time"] = dt.datetime.fromtimestamp(event.time, dt.UTC)
-    try:
-        row["detail"] = rfc8785.dumps(dict(event.detail)).decode()
-    except (rfc8785.CanonicalizationError, TypeError, ValueError):
-        row["detail"] = rfc8785.dumps(_plain(dict(event.detail))).decode()
+    row["detail"] = detail_text(event.detail)
     return row
 
 
@@ -76,6 +140,17 @@ _KEYS = tuple(sorted((*TEXT_FIELDS, "seq", "time", "detail", "prev_hash")))
 _string = encode_basestring
 """A JSON string as RFC 8785 writes it: only ``"``, ``\\`` and control characters escaped
 (``\\b \\t \\n \\f \\r`` short, others ``\\u00xx``), everything else as is."""
+_SLOTS = (*TEXT_FIELDS, "time", "prev_hash", "detail", "seq")
+"""The arguments of :func:`_canonical`'s template, escaped strings first."""
+_TEMPLATE = "{" + ",".join(f'"{k}":%s' for k in _KEYS) + "}"
+_in_key_order = operator.itemgetter(*(_SLOTS.index(k) for k in _KEYS))
+
+
+def _canonical(texts: tuple[str, ...], seq: int, time_text: str, detail: str,
+               prev_hash: str) -> bytes:
+    escaped = (*map(_string, (*texts, time_text, prev_hash)), detail, str(seq))
+    text: str = _TEMPLATE % _in_key_order(escaped)
+    return text.encode()
 
 
 def canonical(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> bytes:
@@ -88,19 +163,10 @@ def canonical(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> b
     canonical already); ``tests/unit/audit`` holds it to ``rfc8785.dumps`` of the same
     object.
     """
-    parts = []
-    for key in _KEYS:
-        if key == "seq":
-            value = str(int(row["seq"]))
-        elif key == "detail":
-            value = (str(row["detail"]) if detail_is_canonical
-                     else rfc8785.dumps(json.loads(row["detail"])).decode())
-        elif key == "time":
-            value = _string(format_time(row["time"]))
-        else:
-            value = _string(str(row[key]))
-        parts.append(f'"{key}":{value}')
-    return ("{" + ",".join(parts) + "}").encode()
+    detail = (str(row["detail"]) if detail_is_canonical
+              else rfc8785.dumps(json.loads(row["detail"])).decode())
+    return _canonical(tuple(str(row[name]) for name in TEXT_FIELDS), int(row["seq"]),
+                      format_time(row["time"]), detail, str(row["prev_hash"]))
 
 
 def link_hash(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> str:
@@ -108,30 +174,96 @@ def link_hash(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> s
     return hashlib.sha256(canonical(row, detail_is_canonical=detail_is_canonical)).hexdigest()
 
 
-def append(conn: Connection, events: Sequence[SecurityEvent]) -> list[dict[str, Any]]:
+_INSERT_COLUMNS = ("seq", "time", *TEXT_FIELDS, "detail", "prev_hash", "hash")
+_ROWS_PER_INSERT = 256
+"""Rows one ``INSERT`` statement carries (22 parameters each, within every backend's
+limit of 32766)."""
+_MARKS: dict[str, Callable[[int], str]] = {
+    "qmark": lambda i: "?", "format": lambda i: "%s", "numeric": lambda i: f":{i}",
+    "numeric_dollar": lambda i: f"${i}"}
+_inserts: dict[tuple[str, str, int], str] = {}
+_binders: dict[tuple[str, str], Callable[[Any], Any] | None] = {}
+
+
+def _insert_sql(conn: Connection, rows: int) -> str | None:
+    """The driver-level multi-row ``INSERT`` of ``rows`` event rows for the connection's
+    dialect (None: a paramstyle this does not write).
+    """
+    dialect = conn.dialect
+    key = (dialect.name, dialect.driver, rows)
+    sql = _inserts.get(key)
+    if sql is None:
+        mark = _MARKS.get(dialect.paramstyle)
+        if mark is None:
+            return None
+        preparer = dialect.identifier_preparer
+        width = len(_INSERT_COLUMNS)
+        values = ", ".join(
+            "(" + ", ".join(mark(r * width + i + 1) for i in range(width)) + ")"
+            for r in range(rows))
+        sql = _inserts[key] = (
+            f"INSERT INTO {preparer.format_table(AuditEvent.__table__)} "  # noqa: S608 - model names
+            f"({', '.join(preparer.quote(c) for c in _INSERT_COLUMNS)}) VALUES {values}")
+    return sql
+
+
+def _time_binder(conn: Connection) -> Callable[[Any], Any] | None:
+    """The ``time`` column's bind processor for the connection's dialect."""
+    key = (conn.dialect.name, conn.dialect.driver)
+    if key not in _binders:
+        kind = AuditEvent.__table__.c.time.type
+        _binders[key] = kind.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return _binders[key]
+
+
+def _insert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert event rows (tuples in :data:`_INSERT_COLUMNS` order) with as few statements
+    as possible: each one crosses into the driver once (on SQLite one ``sqlite3_step``
+    and one release of the GIL per statement, not per row).
+    """
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[start:start + _ROWS_PER_INSERT]
+        sql = _insert_sql(conn, len(part))
+        if sql is None:
+            conn.execute(insert(AuditEvent), [dict(zip(_INSERT_COLUMNS, r, strict=True))
+                                              for r in part])
+        else:
+            conn.exec_driver_sql(sql, tuple(v for r in part for v in r))
+
+
+def append(conn: Connection, events: Sequence[SecurityEvent | Entry]) -> tuple[int, str]:
     """Chain ``events`` after the current head and insert them, in the caller's
     transaction. Takes the chain lock (the ``audit_head`` row) until the transaction ends:
     call it last, right before commit (``Database.before_commit``), so the lock is held
     only while committing.
 
+    The rows go in with driver-level multi-row ``INSERT`` statements of prepared tuples
+    (the SQLAlchemy ``insert`` costs more per row than chaining it).
+
     Returns:
-        The rows written, with their ``seq`` and ``hash``.
+        The new head: the last event's ``seq`` and ``hash`` (unchanged when ``events`` is
+        empty).
     """
     if not events:
-        return []
-    head = conn.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
-                        .with_for_update()).one()
-    seq, prev = int(head.seq), str(head.hash)
-    rows: list[dict[str, Any]] = []
+        return head(conn)
+    found = conn.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
+                         .with_for_update()).one()
+    seq, prev = int(found.seq), str(found.hash)
+    bind = _time_binder(conn)
+    rows: list[tuple[Any, ...]] = []
     for event in events:
+        entry = event if isinstance(event, Entry) else entry_of(event)
         seq += 1
-        row = row_of(event)
-        row["seq"], row["prev_hash"] = seq, prev
-        row["hash"] = prev = link_hash(row, detail_is_canonical=True)
-        rows.append(row)
-    conn.execute(insert(AuditEvent), rows)
+        texts, detail = entry.texts, entry.detail
+        when = dt.datetime.fromtimestamp(entry.time, dt.UTC)
+        body = _canonical(texts, seq, format_time(when), detail, prev)
+        digest = hashlib.sha256(body).hexdigest()
+        rows.append((seq, bind(when) if bind is not None else when, *texts, detail, prev,
+                     digest))
+        prev = digest
+    _insert(conn, rows)
     conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
-    return rows
+    return seq, prev
 
 
 def head(conn: Connection) -> tuple[int, str]:
