@@ -12,7 +12,6 @@ import os
 import secrets
 from pathlib import Path
 
-import msgspec
 from litestar import Litestar
 from litestar.types import ControllerRouterHandler
 from sqlalchemy import Connection
@@ -30,6 +29,7 @@ from dtr.audit.config import record_config
 from dtr.audit.forward import Forwarder
 from dtr.audit.maintenance import AuditMaintenance
 from dtr.audit.recorder import AuditRecorder
+from dtr.audit.relay import SOCKET_ENV as RELAY_SOCKET_ENV
 from dtr.audit.retention import RetentionPolicy
 from dtr.auth import accounts
 from dtr.auth.accounts import AccountService
@@ -38,7 +38,7 @@ from dtr.auth.oidc import Providers
 from dtr.auth.ratelimit import LoginLimiter
 from dtr.auth.sso import LoginService
 from dtr.auth.tokens import TokenIssuer, TokenKeys, TokenVerifier
-from dtr.config import Settings, SigningSettings, load_settings
+from dtr.config import Settings, SigningSettings, resolved_settings
 from dtr.core.hooks import Hooks
 from dtr.core.registry import Registry
 from dtr.core.store import Limits, Store
@@ -56,7 +56,6 @@ from dtr.storage.base import StorageDriver
 from dtr.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("dtr")
-RESOLVED_ENV = "_DTR_RESOLVED_SETTINGS"
 ADMIN_PASSWORD_ENV = "DTR_ADMIN_PASSWORD"  # noqa: S105 - a variable name
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -227,6 +226,9 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
     registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
     recorder = audit_recorder(registry)
+    relay = os.environ.get(RELAY_SOCKET_ENV)
+    if relay and settings.audit.relay:  # a worker of dtr serve, which runs the relay
+        recorder.relay_to(relay)
     security = build_security(settings, registry.store.db, registry.store.reads, recorder)
     maintenance = AuditMaintenance(
         registry.store.db, checkpoint_keys(security.keys),
@@ -310,6 +312,4 @@ def _release_big_buffers_to_os() -> None:
 def app_factory() -> Litestar:
     """ASGI factory for server workers: settings resolved by ``dtr serve`` or from env."""
     _release_big_buffers_to_os()
-    raw = os.environ.get(RESOLVED_ENV)
-    settings = msgspec.json.decode(raw, type=Settings) if raw else load_settings()
-    return create_app(settings)
+    return create_app(resolved_settings())

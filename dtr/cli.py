@@ -13,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from dtr.config import ConfigError, Settings, load_settings
+from dtr.config import RESOLVED_ENV, ConfigError, Settings, load_settings
 
 
 def _settings(config: str | None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -69,7 +69,7 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
     if generated:
         click.echo(f"created the administrator {settings.auth.admin_username!r}; its generated "
                    f"password (shown once) is: {generated}", err=True)
-    os.environ[app_module.RESOLVED_ENV] = msgspec.json.encode(settings).decode()
+    os.environ[RESOLVED_ENV] = msgspec.json.encode(settings).decode()
     from granian.constants import Interfaces  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
@@ -78,15 +78,28 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
     if not settings.auth.enabled:
         click.echo("WARNING: authentication is disabled (auth.enabled: false): anyone who "
                    "can reach this port may push and delete", err=True)
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    database = make_url(settings.database_url).get_backend_name()
     click.echo(f"dtr listening on {scheme}://{settings.server.host}:{settings.server.port} "
-               f"({settings.server.workers} workers, database "
-               f"{'sqlite' if embedded else 'postgresql'}, storage {settings.storage.backend})",
-               err=True)
-    Server("dtr.app:app_factory", address=settings.server.host, port=settings.server.port,
-           interface=Interfaces.ASGI, workers=settings.server.workers, factory=True,
-           log_access=False, backlog=2048,
-           ssl_cert=Path(tls).expanduser() if tls else None,
-           ssl_key=Path(settings.server.tls_key).expanduser() if tls else None).serve()
+               f"({settings.server.workers} workers, database {database}, storage "
+               f"{settings.storage.backend})", err=True)
+    relay = None
+    if settings.audit.relay and not settings.audit.fail_closed:
+        from dtr.audit.relay import SOCKET_ENV, RelayProcess  # noqa: PLC0415
+
+        relay = RelayProcess(dict(os.environ))
+        relay.start()
+        os.environ[SOCKET_ENV] = relay.path
+    try:
+        Server("dtr.app:app_factory", address=settings.server.host, port=settings.server.port,
+               interface=Interfaces.ASGI, workers=settings.server.workers, factory=True,
+               log_access=False, backlog=2048,
+               ssl_cert=Path(tls).expanduser() if tls else None,
+               ssl_key=Path(settings.server.tls_key).expanduser() if tls else None).serve()
+    finally:
+        if relay is not None:  # after the workers: it writes what they sent last
+            relay.stop()
 
 
 async def _check(settings: Settings) -> str | None:

@@ -373,6 +373,11 @@ class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     their events are committed."""
     record_pulls: bool = True
     """Record every manifest pull (``GET`` of a manifest by tag or digest)."""
+    relay: bool = True
+    """``dtr serve``: chain the events recorded on their own (pulls, denials, logins) in
+    one separate process (the audit relay) instead of a writer thread in each worker,
+    whose work slows the worker's requests; failing open only. A worker that cannot reach
+    the relay writes its events itself, so none are lost."""
     max_pending: int = 100_000
     """Events (pulls, denials, logins) kept in memory while the database refuses writes,
     when failing open; older ones are dropped, and the loss is logged."""
@@ -475,6 +480,18 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = val
     return out
+
+
+RESOLVED_ENV = "_DTR_RESOLVED_SETTINGS"
+"""Set by ``dtr serve`` for the processes it starts: the settings it resolved (JSON)."""
+
+
+def resolved_settings() -> Settings:
+    """The settings ``dtr serve`` resolved for its processes (``RESOLVED_ENV``), or the
+    environment's and default ones when not started by it.
+    """
+    raw = os.environ.get(RESOLVED_ENV)
+    return msgspec.json.decode(raw, type=Settings) if raw else load_settings()
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None,

@@ -10,6 +10,9 @@
   default) returns at once; the writer retries a failing database with backoff and keeps
   up to ``max_pending`` events meanwhile. Fail-closed waits until the event is committed
   and raises ``Unavailable`` when it cannot be, so nothing is served unrecorded.
+* Under ``dtr serve``, fail-open events go to the audit relay process instead
+  (:meth:`AuditRecorder.relay_to`, ``dtr.audit.relay``), which feeds them to its own
+  recorder (:meth:`AuditRecorder.accept`); what the relay does not take is written here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from functools import partial
 from sqlalchemy import Connection
 
 from dtr.audit import chain
+from dtr.audit.chain import Entry
+from dtr.audit.relay import RelayClient
 from dtr.core.hooks import RegistryEvent
 from dtr.db.database import Database, tx_state
 from dtr.errors import Unavailable
@@ -70,7 +75,8 @@ class AuditRecorder:
         self.fail_closed = fail_closed
         self.max_pending = max_pending
         self.dropped = 0
-        self._queue: list[tuple[SecurityEvent, asyncio.Future[None] | None]] = []
+        self._queue: list[tuple[Entry, asyncio.Future[None] | None]] = []
+        self.relay: RelayClient | None = None
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -115,19 +121,36 @@ class AuditRecorder:
         """
         if self.refusal is not None:
             raise Unavailable(self.refusal)
-        done: asyncio.Future[None] | None = None
+        entry = chain.entry_of(stamped(event))
         if self.fail_closed:
             done = asyncio.get_running_loop().create_future()
-        self._queue.append((stamped(event), done))
-        if len(self._queue) > self.max_pending and not self.fail_closed:
+            self._queue.append((entry, done))
+            self._start()
+            await done
+        elif self.relay is not None:
+            self.relay.add(entry)
+        else:
+            self.accept([entry])
+
+    def accept(self, entries: list[Entry]) -> None:
+        """Queue ``entries`` (ready to chain: stamped, clipped) for the writer, failing
+        open: what the relay process receives, and what a worker's relay could not send.
+        """
+        self._queue.extend((entry, None) for entry in entries)
+        if len(self._queue) > self.max_pending:
             lost = len(self._queue) - self.max_pending
             del self._queue[:lost]
             self.dropped += lost
             log.error("audit: %d events dropped: the database has refused writes for too "
                       "long (audit.max_pending=%d)", lost, self.max_pending)
         self._start()
-        if done is not None:
-            await done
+
+    def relay_to(self, path: str) -> None:
+        """Send fail-open events to the audit relay listening at ``path`` (``dtr serve``);
+        nothing changes when failing closed.
+        """
+        if not self.fail_closed:
+            self.relay = RelayClient(path, self.accept)
 
     def _start(self) -> None:
         if self._wake is None:
@@ -170,7 +193,7 @@ class AuditRecorder:
             if self._closing:
                 return
 
-    async def _write(self, batch: list[tuple[SecurityEvent, asyncio.Future[None] | None]],
+    async def _write(self, batch: list[tuple[Entry, asyncio.Future[None] | None]],
                      ) -> Unavailable | None:
         """Chain ``batch`` in one transaction; settle the futures of fail-closed callers."""
         try:
@@ -187,13 +210,22 @@ class AuditRecorder:
         return None
 
     async def flush(self) -> None:
-        """Wait until every queued event is committed (retrying while the database fails)."""
+        """Wait until every queued event is committed (retrying while the database fails);
+        events handed to the relay are sent, not waited for.
+        """
+        if self.relay is not None:
+            self.relay.send()
         while self._queue or self._busy:
             self._start()
             await asyncio.sleep(0.005)
 
     async def aclose(self) -> None:
-        """Write what is queued (one attempt per batch), then stop the writer."""
+        """Send what the relay should have, write what is queued (one attempt per batch),
+        then stop the writer.
+        """
+        if self.relay is not None:
+            self.relay.send()
+            self.relay.close()
         self._closing = True
         if self._writer is not None and not self._writer.done():
             assert self._wake is not None
