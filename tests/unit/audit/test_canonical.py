@@ -63,3 +63,20 @@ def test_detail_text_is_canonicalised_unless_known_canonical() -> None:
                                          indent=1)}
     assert loose["detail"] != row["detail"]
     assert chain.link_hash(loose) == made == chain.link_hash(row)
+
+
+def test_flat_details_written_by_the_c_encoder_are_rfc8785() -> None:
+    """The fast path of ``detail_text`` (flat, ASCII keys, strings, booleans, null, safe
+    integers) writes what the ``rfc8785`` package writes; other details take the package."""
+    rng = random.Random(2025)
+    edge = [0, -1, 2**53 - 1, -(2**53) + 1, True, False, None, *TRICKY]
+    for _ in range(300):
+        detail: dict[str, Any] = {}
+        for _ in range(rng.randrange(0, 6)):
+            key = "".join(chr(rng.randrange(0x20, 0x7F)) for _ in range(rng.randrange(0, 8)))
+            detail[key] = rng.choice([*edge, "".join(
+                chr(rng.choice([rng.randrange(0, 0x80), rng.randrange(0x80, 0xD800),
+                                rng.randrange(0xE000, 0x110000)])) for _ in range(5))])
+        assert chain.detail_text(detail) == rfc8785.dumps(detail).decode()
+    for odd in ({"big": 2**53}, {"f": 1.5}, {"é": "x"}, {"l": [1, "a"]}, {"s": {"b", "a"}}):
+        assert chain.detail_text(odd) == rfc8785.dumps(chain._plain(odd)).decode()
