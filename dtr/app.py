@@ -6,6 +6,7 @@ that imports every layer; nothing imports it but the CLI and the ASGI server.
 from __future__ import annotations
 
 import ctypes
+import gc
 import ipaddress
 import logging
 import os
@@ -312,4 +313,21 @@ def _release_big_buffers_to_os() -> None:
 def app_factory() -> Litestar:
     """ASGI factory for server workers: settings resolved by ``dtr serve`` or from env."""
     _release_big_buffers_to_os()
-    return create_app(resolved_settings())
+    app = create_app(resolved_settings())
+    app.on_startup.append(_freeze_startup_heap)
+    return app
+
+
+def _freeze_startup_heap() -> None:
+    """Move every object alive after start-up out of the cyclic garbage collector's reach.
+
+    A worker holds ~175,000 long-lived objects (modules, routes, SQLAlchemy and msgspec
+    metadata) that every full collection walked, in the middle of some request. Frozen
+    (``gc.freeze``), they are never scanned again; what requests allocate is collected as
+    before. Measured on the embedded default, one client, manifest ``GET``: p99 1.22 and
+    2.23 ms against 1.70 and 2.67 ms, CPU per request 401 and 496 µs against 499 and
+    539 µs (two runs each; docs/performance.md). Only ``dtr serve``'s workers do this
+    (tests build many apps in one process).
+    """
+    gc.collect()
+    gc.freeze()

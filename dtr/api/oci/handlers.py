@@ -20,6 +20,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Redirect, Stream
 
+from dtr.api.context import scope_header
 from dtr.api.oci.audit import manifest_pulled
 from dtr.api.oci.errors import classify, envelope
 from dtr.api.oci.responses import PathSendResponse, supports_pathsend
@@ -300,7 +301,7 @@ async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     m = await ctx.registry.manifests.get(name, reference, may_push)
     headers = {"Docker-Content-Digest": m.digest, "ETag": f'"{m.digest}"',
                "Content-Length": str(len(m.content))}
-    inm = request.headers.get("if-none-match")
+    inm = scope_header(request.scope, b"if-none-match")  # no Headers object to build
     not_modified = bool(inm and m.digest in inm)
     if ctx.record_pulls and ctx.events is not None and request.method == "GET":
         # before the response: fail-closed serves nothing unrecorded
