@@ -88,9 +88,14 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
     if settings.audit.relay and not settings.audit.fail_closed:
         from dtr.audit.relay import SOCKET_ENV, RelayProcess  # noqa: PLC0415
 
-        relay = RelayProcess(dict(os.environ))
-        relay.start()
-        os.environ[SOCKET_ENV] = relay.path
+        try:
+            relay = RelayProcess(dict(os.environ))
+        except OSError as exc:  # no writable temporary folder: workers write themselves
+            click.echo(f"WARNING: no audit relay ({exc}); each worker writes its own audit "
+                       "events", err=True)
+        else:
+            relay.start()
+            os.environ[SOCKET_ENV] = relay.path
     try:
         Server("dtr.app:app_factory", address=settings.server.host, port=settings.server.port,
                interface=Interfaces.ASGI, workers=settings.server.workers, factory=True,
