@@ -717,7 +717,7 @@ class Target:
     auth: TokenSource | None = None
 
     def procs(self) -> list[psutil.Process]:
-        """The server's process tree (dtr serve: the parent and its granian workers)."""
+        """The server's process tree (dtr serve: parent, granian workers, audit relay)."""
         return tree(self.pid)
 
     def conn(self, timeout: float = 300.0) -> Connection:
@@ -889,7 +889,7 @@ MODES = {
         ratio_text="Ratio = dtr / distribution for throughput and distribution / dtr for p99 "
                    "latency, so **≥ 1.0 always means dtr is at least on par**.",
         rss_text="Sampled every 50 ms during each blob case; dtr is the `dtr serve` parent "
-                 "plus its granian workers, distribution one process.",
+                 "plus its granian workers and its audit relay, distribution one process.",
         titles={"fs": "embedded (SQLite + filesystem) vs distribution (filesystem)",
                 "s3": "PostgreSQL + MinIO vs distribution (s3 driver, same MinIO)"},
         markers=(BEGIN, END)),
@@ -905,7 +905,7 @@ MODES = {
                    "per repository inside the first request that needs it and reuses it for "
                    "240 s, like a Docker client.",
         rss_text="Sampled every 50 ms during each blob case; each server is the `dtr serve` "
-                 "parent plus its granian workers.",
+                 "parent plus its granian workers and its audit relay.",
         titles={"fs": "embedded (SQLite + filesystem), auth on vs off",
                 "s3": "PostgreSQL + MinIO (one database and bucket each), auth on vs off"},
         markers=(BEGIN_AUTH, END_AUTH)),
