@@ -64,7 +64,7 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
         mig.upgrade(settings.database_url)
     try:
         generated = asyncio.run(_check(settings))
-    except app_module.SchemaBehind as exc:
+    except (app_module.SchemaBehind, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     if generated:
         click.echo(f"created the administrator {settings.auth.admin_username!r}; its generated "
@@ -99,7 +99,7 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
     try:
         Server("dtr.app:app_factory", address=settings.server.host, port=settings.server.port,
                interface=Interfaces.ASGI, workers=settings.server.workers, factory=True,
-               log_access=False, backlog=2048,
+               log_access=False, backlog=2048, respawn_failed_workers=True,
                ssl_cert=Path(tls).expanduser() if tls else None,
                ssl_key=Path(settings.server.tls_key).expanduser() if tls else None).serve()
     finally:
@@ -108,8 +108,8 @@ def serve(config: str | None, host: str | None, port: int | None, data_dir: str 
 
 
 async def _check(settings: Settings) -> str | None:
-    """Refuse a stale schema; create the first administrator (returns a generated
-    password to print once).
+    """Refuse a stale schema and unusable audit sink files; create the first administrator
+    (returns a generated password to print once).
     """
     from dtr.app import (  # noqa: PLC0415
         ADMIN_PASSWORD_ENV,
@@ -119,10 +119,14 @@ async def _check(settings: Settings) -> str | None:
         check_schema,
         close_registry,
     )
+    from dtr.audit.forward import Forwarder  # noqa: PLC0415
 
     registry = build_registry(settings)
     try:
         await check_schema(registry)
+        # the audit sinks' files (CA, client certificate, secrets) are read now, so a bad
+        # one stops dtr serve here rather than inside every worker (ConfigError)
+        await Forwarder.from_settings(settings, registry.store.db).aclose()
         if not settings.auth.enabled:
             return None
         security = build_security(settings, registry.store.db)

@@ -422,4 +422,8 @@ def build_sink(settings: AuditSinkSettings, *, source: str, registry_id: str) ->
                            hmac_secret=_secret(s.hmac_secret, s.hmac_secret_file),
                            timeout=s.timeout_seconds)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ConfigError(f"audit.sinks.{s.name}: {exc}") from exc
+        files = ", ".join(f"{key} {value}" for key, value in (
+            ("ca_file", s.ca_file), ("cert_file", s.cert_file), ("key_file", s.key_file),
+            ("token_file", s.token_file), ("hmac_secret_file", s.hmac_secret_file)) if value)
+        raise ConfigError(f"audit.sinks.{s.name}: {exc}"
+                          + (f" (files: {files})" if files else "")) from exc

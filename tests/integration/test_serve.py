@@ -1,0 +1,64 @@
+"""``dtr serve`` as an operator runs it: an audit sink with an unusable file (a CA that is
+not there) stops it before any worker starts, naming the sink; a worker that dies is
+replaced and the registry keeps answering.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support.peers import dtr, dtr_env, dtr_server, free_port
+
+
+def test_an_unusable_sink_file_stops_serve_before_the_workers(tmp_path: Path) -> None:
+    config = tmp_path / "dtr.yaml"
+    config.write_text("audit:\n  sinks:\n    - name: siem\n      type: syslog\n"
+                      "      address: 127.0.0.1:6514\n      tls: true\n"
+                      f"      ca_file: {tmp_path / 'missing-ca.pem'}\n")
+    env = dtr_env(tmp_path / "data")
+    dtr("db", "upgrade", env=env)
+    done = subprocess.run([sys.executable, "-m", "dtr", "serve", "--config", str(config),
+                           "--port", str(free_port())], check=False, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "audit.sinks.siem" in done.stderr
+    assert "missing-ca.pem" in done.stderr
+    assert "listening" not in done.stderr
+
+
+def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    with dtr_server(tmp_path / "data", workers=2) as srv:
+        assert srv.proc is not None
+        parent = psutil.Process(srv.proc.pid)
+
+        def workers() -> set[int]:
+            found = set()
+            for child in parent.children():
+                try:  # a killed worker is a zombie until granian reaps it
+                    if (child.status() != psutil.STATUS_ZOMBIE
+                            and "dtr.audit.relay" not in " ".join(child.cmdline())):
+                        found.add(child.pid)
+                except psutil.Error:
+                    continue
+            return found
+
+        before = workers()
+        assert len(before) == 2
+        victim = sorted(before)[0]
+        psutil.Process(victim).send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (len(workers()) < 2 or victim in workers()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        now = workers()
+        assert len(now) == 2, now
+        assert victim not in now
+        with httpx.Client(base_url=srv.url, timeout=10) as client:
+            for _ in range(20):
+                assert client.get("/v2/").status_code == 200
