@@ -16,12 +16,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dtr.cli_admin import ApiGroup, connect, emit, json_option, load_config
 from dtr.client import AdminClient
+
+if TYPE_CHECKING:
+    from dtr.auth.tokens import TokenKeys
+    from dtr.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 COLUMNS = ("seq", "time", "actor", "action", "outcome", "target", "client_ip", "reason")
@@ -178,6 +182,28 @@ def describe(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _settings_and_keys(config: str | None, why: str) -> tuple[Settings, TokenKeys]:
+    """The configured settings and the registry's signing keys (current and previous), for
+    the commands that work on the database directly.
+
+    Raises:
+        click.ClickException: unusable configuration, or no key file (``why`` it is needed).
+    """
+    from dtr.auth.tokens import TokenKeys  # noqa: PLC0415
+    from dtr.config import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config)
+        key = Path(settings.token_key_path)
+        if not key.is_file():
+            raise click.ClickException(f"no registry key at {key}: {why}")
+        keys = TokenKeys.from_pem(key.read_bytes(), [
+            Path(p).read_bytes() for p in settings.auth.token.previous_key_files])
+    except (ConfigError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings, keys
+
+
 def _verify_local(config: str | None, *, progress: bool) -> dict[str, Any]:
     """Run the verification on the configured database (like ``dtr gc``)."""
     from dtr.app import (  # noqa: PLC0415 - the server layers, only for --local
@@ -188,20 +214,10 @@ def _verify_local(config: str | None, *, progress: bool) -> dict[str, Any]:
         close_registry,
     )
     from dtr.audit.verify import verify_chain  # noqa: PLC0415
-    from dtr.auth.tokens import TokenKeys  # noqa: PLC0415
-    from dtr.config import ConfigError, load_settings  # noqa: PLC0415
     from dtr.errors import Unavailable  # noqa: PLC0415
 
-    try:
-        settings = load_settings(config)
-        key = Path(settings.token_key_path)
-        if not key.is_file():
-            raise click.ClickException(f"no registry key at {key}: checkpoints are verified "
-                                       "with the key the registry signs with")
-        keys = TokenKeys.from_pem(key.read_bytes(), [
-            Path(p).read_bytes() for p in settings.auth.token.previous_key_files])
-    except (ConfigError, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    settings, keys = _settings_and_keys(config, "checkpoints are verified with the key "
+                                        "the registry signs with")
 
     async def run() -> dict[str, Any]:
         registry = build_registry(settings)
@@ -250,24 +266,14 @@ def audit_prune(config: str | None, dry_run: bool) -> None:
         apply_retention,
         ensure_partitions,
     )
-    from dtr.auth.tokens import TokenKeys  # noqa: PLC0415
-    from dtr.config import ConfigError, load_settings  # noqa: PLC0415
     from dtr.db.base import utcnow  # noqa: PLC0415
     from dtr.db.database import Database  # noqa: PLC0415
     from dtr.db.engine import current_revision  # noqa: PLC0415
     from dtr.db.migrate import head_revision  # noqa: PLC0415
     from dtr.errors import Unavailable  # noqa: PLC0415
 
-    try:
-        settings = load_settings(config)
-        key = Path(settings.token_key_path)
-        if not key.is_file():
-            raise click.ClickException(f"no registry key at {key}: the retention checkpoint "
-                                       "is signed with the key the registry signs with")
-        keys = TokenKeys.from_pem(key.read_bytes(), [
-            Path(p).read_bytes() for p in settings.auth.token.previous_key_files])
-    except (ConfigError, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    settings, keys = _settings_and_keys(config, "the retention checkpoint is signed with "
+                                        "the key the registry signs with")
     policy = RetentionPolicy.of(settings.audit)
     if policy.days <= 0:
         click.echo("audit.retention_days is 0 (events are kept forever): nothing to prune")

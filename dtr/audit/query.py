@@ -277,6 +277,22 @@ def _clamp(limit: int) -> int:
     return limit
 
 
+def _position(order: Order | None, default: Order,
+              cursor: str | None) -> tuple[int | None, Order]:
+    """Where a page starts (the ``seq`` after which to read, or None) and in which order:
+    the cursor's, else ``order``, else ``default``.
+
+    Raises:
+        Invalid: a bad cursor, or a cursor of the other order than ``order``.
+    """
+    if not cursor:
+        return None, order or default
+    mark = Cursor.decode(cursor)
+    if order is not None and order != mark.order:
+        raise Invalid(f"cursor: it continues a listing in {mark.order} order, not {order}")
+    return mark.seq, mark.order
+
+
 async def query_page(db: Database, flt: AuditFilter, *, order: Order | None = None,
                      limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page:
     """One page of matching events, newest first (``order="asc"``: oldest first).
@@ -292,14 +308,7 @@ async def query_page(db: Database, flt: AuditFilter, *, order: Order | None = No
         Invalid: a bad limit or cursor, or a cursor of the other order.
     """
     _clamp(limit)
-    after: int | None = None
-    chosen: Order = order or "desc"
-    if cursor:
-        mark = Cursor.decode(cursor)
-        if order is not None and order != mark.order:
-            raise Invalid(f"cursor: it continues a listing in {mark.order} order, "
-                          f"not {order}")
-        after, chosen = mark.seq, mark.order
+    after, chosen = _position(order, "desc", cursor)
 
     def read(conn: Connection) -> list[dict[str, Any]]:
         return _rows(conn, flt, chosen, after, limit + 1)
@@ -385,14 +394,7 @@ async def checkpoint_page(db: Database, *, order: Order | None = None,
         Invalid: a bad limit or cursor, or a cursor of the other order.
     """
     _clamp(limit)
-    after: int | None = None
-    chosen: Order = order or "asc"
-    if cursor:
-        mark = Cursor.decode(cursor)
-        if order is not None and order != mark.order:
-            raise Invalid(f"cursor: it continues a listing in {mark.order} order, "
-                          f"not {order}")
-        after, chosen = mark.seq, mark.order
+    after, chosen = _position(order, "asc", cursor)
 
     def read(conn: Connection) -> list[Checkpoint]:
         stmt = select(AuditCheckpoint.__table__)
