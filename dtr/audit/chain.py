@@ -175,9 +175,10 @@ def link_hash(row: Mapping[str, Any], *, detail_is_canonical: bool = False) -> s
 
 
 _INSERT_COLUMNS = ("seq", "time", *TEXT_FIELDS, "detail", "prev_hash", "hash")
-_ROWS_PER_INSERT = 256
-"""Rows one ``INSERT`` statement carries (22 parameters each, within every backend's
-limit of 32766)."""
+_ROWS_PER_INSERT = (256, 32, 4, 1)
+"""The row counts an ``INSERT`` statement carries (22 parameters a row: within every
+backend's limit of 32766). A batch is cut into the largest that fit, so at most four
+statements per dialect are ever built and prepared, whatever the batch sizes."""
 _MARKS: dict[str, Callable[[int], str]] = {
     "qmark": lambda i: "?", "format": lambda i: "%s", "numeric": lambda i: f":{i}",
     "numeric_dollar": lambda i: f"${i}"}
@@ -221,9 +222,12 @@ def _insert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     as possible: each one crosses into the driver once (on SQLite one ``sqlite3_step``
     and one release of the GIL per statement, not per row).
     """
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        part = rows[start:start + _ROWS_PER_INSERT]
-        sql = _insert_sql(conn, len(part))
+    start = 0
+    while start < len(rows):
+        size = next(n for n in _ROWS_PER_INSERT if n <= len(rows) - start)
+        part = rows[start:start + size]
+        start += size
+        sql = _insert_sql(conn, size)
         if sql is None:
             conn.execute(insert(AuditEvent), [dict(zip(_INSERT_COLUMNS, r, strict=True))
                                               for r in part])
