@@ -112,7 +112,8 @@ class BlobService:
 
         False when the blob is unknown or being garbage collected.
         """
-        return await self.store.run(lambda s: _link_present(s, repository, digest, None))
+        return await self.store.run(lambda s: _link_present(s, repository, digest, None),
+                                    short=True)
 
     async def mount(self, repository: str, digest: str,
                     sources: list[str] | None, may_read: Callable[[str], bool]) -> bool:
@@ -143,7 +144,7 @@ class BlobService:
             self.store.hooks.emit(s, RegistryEvent("blob.mounted", repository, digest))
             return True
 
-        return await self.store.run(link)
+        return await self.store.run(link, short=True)
 
     async def unlink(self, repository: str, digest: str) -> None:
         """Remove the blob from the repository (the bytes go at the next GC).
@@ -208,7 +209,7 @@ class BlobService:
                     await self.store.run(lambda s: _unclaim(s, digest))
                 raise
             if await self.store.run(
-                    lambda s: _link_present(s, repository, digest, upload_id)):
+                    lambda s: _link_present(s, repository, digest, upload_id), short=True):
                 return
         raise Unavailable("blob is being garbage collected; retry")
 
@@ -218,7 +219,7 @@ class BlobService:
         Waits while GC holds the row in state ``deleting``.
         """
         for _attempt in range(600):
-            row = await self.store.run(lambda s: claim_row(s, digest, size))
+            row = await self.store.run(lambda s: claim_row(s, digest, size), short=True)
             if row is not None:
                 return row
             await asyncio.sleep(0.05)

@@ -153,7 +153,7 @@ class ManifestService:
                                             {"previous": previous}))
 
         try:
-            await self.store.run(put)
+            await self.store.run(put, short=True)
         except Denied as denied:
             if hooks.sinks:
                 detail = denied.detail if isinstance(denied.detail, dict) else {}

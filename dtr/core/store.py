@@ -62,9 +62,11 @@ class Store:
         """Async sessions (scans and tests; hot paths use :meth:`run`)."""
         return self.db.async_sessions
 
-    async def run(self, fn: TxFn[T], *, write: bool = True) -> T:
-        """Run ``fn(session)`` as one transaction (see ``Database.run``)."""
-        return await self.db.run(fn, write=write)
+    async def run(self, fn: TxFn[T], *, write: bool = True, short: bool = False) -> T:
+        """Run ``fn(session)`` as one transaction (see ``Database.run``; ``short``: a few
+        statements on a few rows, which SQLite may run without a thread hop).
+        """
+        return await self.db.run(fn, write=write, short=short)
 
     def insert(self, table: type) -> Any:
         """A dialect-specific INSERT that supports ``on_conflict_do_nothing``."""

@@ -130,7 +130,7 @@ class UploadService:
             s.execute(_NEW_UPLOAD, {"id": upload_id, "repository_id": ensure_repo(s, repository),
                                     "size": 0, "segments": 0})
 
-        await self.store.run(start)
+        await self.store.run(start, short=True)
         return UploadState(upload_id, 0)
 
     async def status(self, repository: str, upload_id: str) -> UploadState:
@@ -237,7 +237,8 @@ class UploadService:
         if written == 0:
             return offset
         key = paths.upload_data_key(upload_id)
-        if not await self.store.run(lambda s: _advance(s, upload_id, offset, written, key)):
+        if not await self.store.run(lambda s: _advance(s, upload_id, offset, written, key),
+                                    short=True):
             await self._cut(handle, offset)
             raise RangeInvalid("another request appended to this upload concurrently")
         if hasher is not None:
@@ -317,7 +318,8 @@ class UploadService:
         if size > expected:
             advanced, claimed = await _beside(
                 self.store.run(lambda s: _advance_and_claim(s, upload_id, expected,
-                                                            size - expected, key, str(want))),
+                                                            size - expected, key, str(want)),
+                               short=True),
                 _sync(handle))
             if not advanced:
                 await self._cut(handle, expected)
@@ -353,7 +355,8 @@ class UploadService:
                                                  content_length, hasher)
         if key is None:
             return offset, None
-        committed = await self.store.run(lambda s: _advance(s, upload_id, offset, written, key))
+        committed = await self.store.run(lambda s: _advance(s, upload_id, offset, written, key),
+                                         short=True)
         if not committed:
             await self.store.storage.delete(key)
             raise RangeInvalid("another request appended to this upload concurrently")
@@ -484,7 +487,7 @@ class UploadService:
             await self.store.storage.delete(key)
         await self._verify(repository, upload_id, want, hasher)
         advanced, claimed = await self.store.run(
-            lambda s: _advance_and_claim(s, upload_id, 0, written, key, str(want)))
+            lambda s: _advance_and_claim(s, upload_id, 0, written, key, str(want)), short=True)
         if not advanced:
             await self.store.storage.delete(key)
             raise RangeInvalid("another request appended to this upload concurrently")
@@ -522,12 +525,15 @@ async def _sync(handle: AppendHandle) -> None:
 async def _beside(first: Awaitable[T], second: Awaitable[None]) -> T:
     """Await both at once; return ``first``'s result. Both have finished when this
     returns or raises (the first error wins, ``first``'s before ``second``'s).
+
+    ``second`` starts first: ``first`` may run on the event loop without yielding (a
+    short SQLite write), and ``second``'s blocking part must be on its thread by then.
     """
-    results = await asyncio.gather(first, second, return_exceptions=True)
-    for result in results:
+    later, sooner = await asyncio.gather(second, first, return_exceptions=True)
+    for result in (sooner, later):
         if isinstance(result, BaseException):
             raise result
-    return cast("T", results[0])
+    return cast("T", sooner)
 
 
 def _expected_length(offset: int, content_range: tuple[int, int] | None,
