@@ -12,15 +12,29 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import cast
 
 from litestar import Litestar
-from litestar.types import ControllerRouterHandler
+from litestar.enums import ScopeType
+from litestar.handlers import HTTPRouteHandler
+from litestar.types import (
+    ASGIApp,
+    ControllerRouterHandler,
+    HTTPScope,
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Receive,
+    Scope,
+    Send,
+)
 from sqlalchemy import Connection
 
 from dtr.api.admin import build_admin_router, openapi_config
 from dtr.api.context import Security, audit_context
 from dtr.api.oci.handlers import OciContext
-from dtr.api.oci.router import build_routes
+from dtr.api.oci.lane import OciLane, takes
+from dtr.api.oci.router import V2_HANDLER, build_routes
 from dtr.api.oci.security import AccessControl, OpenAccess, TokenAccess
 from dtr.api.oidc import build_oidc_router
 from dtr.api.problems import app_exception_handlers
@@ -222,7 +236,33 @@ async def bootstrap_admin(security: Security, password: str | None) -> str | Non
     return generated if created else None
 
 
-def create_app(settings: Settings, storage: StorageDriver | None = None) -> Litestar:
+class DtrApp(Litestar):
+    """The application: Litestar, with the ``/v2`` lane in front of its router.
+
+    ``/v2`` requests the lane takes (``dtr.api.oci.lane.takes``) are served by ``lane``
+    (the OCI handlers under the app's middleware, without Litestar's per-request routing
+    and response machinery); every other request, and every request when ``lane`` is
+    None, goes through Litestar as usual.
+    """
+
+    lane: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive,
+                       send: Send | LifeSpanSend) -> None:
+        """ASGI entry point (see the class docstring)."""
+        if scope["type"] == ScopeType.HTTP and self.lane is not None and not self.before_send:
+            http = cast("HTTPScope", scope)
+            path = takes(http)
+            if path is not None:
+                http["path"] = path
+                http["app"] = http["litestar_app"] = self
+                http.setdefault("state", {})
+                await self.lane(http, cast("Receive", receive), cast("Send", send))
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, storage: StorageDriver | None = None) -> DtrApp:
     """Build the application for ``settings`` (``storage`` overrides the configured driver)."""
     registry = build_registry(settings, storage)
     ensure = getattr(registry.store.storage, "ensure_bucket", None)
@@ -278,9 +318,15 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> Lite
                 build_admin_router(security, settings.auth, registry,
                                    checkpoint_keys(security.keys)),
                 build_oidc_router(security, sso, settings.server.public_url)]
-    app = Litestar(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
-                   openapi_config=openapi_config(), middleware=[audit_context(security)],
-                   exception_handlers=app_exception_handlers())
+    middleware = audit_context(security)
+    app = DtrApp(route_handlers=handlers, on_startup=[startup], on_shutdown=[shutdown],
+                 openapi_config=openapi_config(), middleware=[middleware],
+                 exception_handlers=app_exception_handlers())
+    index = app.get_handler_index_by_name(V2_HANDLER)
+    v2 = index["handler"] if index is not None else None
+    if not isinstance(v2, HTTPRouteHandler):
+        raise TypeError(f"route handler {V2_HANDLER!r} is not registered")
+    app.lane = middleware(OciLane(ctx, v2))
     app.state.registry = registry
     app.state.signing = signing
     app.state.security = security
@@ -310,7 +356,7 @@ def _release_big_buffers_to_os() -> None:
         return
 
 
-def app_factory() -> Litestar:
+def app_factory() -> DtrApp:
     """ASGI factory for server workers: settings resolved by ``dtr serve`` or from env."""
     _release_big_buffers_to_os()
     app = create_app(resolved_settings())

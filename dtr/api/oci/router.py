@@ -58,33 +58,44 @@ def match(path: str) -> tuple[RouteSpec | None, dict[str, str]]:
     return None, {}
 
 
+async def dispatch(ctx: OciContext, request: Request[Any, Any, Any], rest: str) -> Response[Any]:
+    """Serve one ``/v2`` request: ``rest`` is its normalized path after ``/v2`` (empty or
+    ``/…``). Used by the Litestar routes below and by the lane (``api/oci/lane.py``).
+    """
+    if rest in ("", "/"):
+        return await h.with_errors(ctx, request, h.ping, {})
+    spec, params = match(rest)
+    if spec is None:
+        return Response(envelope("NAME_UNKNOWN", "no such API endpoint"), status_code=404,
+                        media_type="application/json")
+    handler = spec.methods.get(request.method)
+    if handler is None:
+        return Response(envelope("UNSUPPORTED", f"{request.method} is not supported "
+                                 f"on this endpoint"), status_code=405,
+                        media_type="application/json",
+                        headers={"Allow": ", ".join(spec.methods)})
+    if "name" in params:
+        try:
+            check_name(params["name"])
+        except Exception as exc:
+            return await h.with_errors(ctx, request, h.raise_(exc), params)
+    return await h.with_errors(ctx, request, handler, params)
+
+
+#: Name of the Litestar route handler of ``/v2/{rest:path}`` (the lane applies its limits).
+V2_HANDLER = "oci.v2"
+
+
 def build_routes(ctx: OciContext, max_body: int) -> list[HTTPRouteHandler]:
     """The Litestar route handlers of ``/v2`` bound to ``ctx``."""
 
     @get("/v2", include_in_schema=False)
     async def v2_root(request: Request[Any, Any, Any]) -> Response[Any]:
-        return await h.with_errors(ctx, request, h.ping, {})
+        return await dispatch(ctx, request, "")
 
     @route("/v2/{rest:path}", http_method=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
-           request_max_body_size=max_body, include_in_schema=False)
+           request_max_body_size=max_body, include_in_schema=False, name=V2_HANDLER)
     async def v2(request: Request[Any, Any, Any], rest: FromPath[str]) -> Response[Any]:
-        if rest in ("", "/"):
-            return await h.with_errors(ctx, request, h.ping, {})
-        spec, params = match(rest)
-        if spec is None:
-            return Response(envelope("NAME_UNKNOWN", "no such API endpoint"), status_code=404,
-                            media_type="application/json")
-        handler = spec.methods.get(request.method)
-        if handler is None:
-            return Response(envelope("UNSUPPORTED", f"{request.method} is not supported "
-                                     f"on this endpoint"), status_code=405,
-                            media_type="application/json",
-                            headers={"Allow": ", ".join(spec.methods)})
-        if "name" in params:
-            try:
-                check_name(params["name"])
-            except Exception as exc:
-                return await h.with_errors(ctx, request, h.raise_(exc), params)
-        return await h.with_errors(ctx, request, handler, params)
+        return await dispatch(ctx, request, rest)
 
     return [v2_root, v2]
