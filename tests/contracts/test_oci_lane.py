@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def script(send: Recorder) -> None:
     send("PUT", f"{loc}?digest={digest(b'other')}", config)
     loc = send("POST", "/v2/a/blobs/uploads/").headers["location"]
     send("PUT", f"{loc}?digest={digest(config)}", config)
-    # chunked: POST, PATCH ×2 (one out of order), status, PUT
+    # chunked: POST, two PATCHes (one out of order), status, PUT
     loc = send("POST", "/v2/a/blobs/uploads/").headers["location"]
     loc = send("PATCH", loc, layer[:5000], {"Content-Range": "0-4999"}).headers["location"]
     send("PATCH", loc, layer[5000:], {"Content-Range": "9-20"})
@@ -144,7 +144,7 @@ def run(tmp: Path, lane: bool, steps: Callable[[Recorder], None],
 
 
 @pytest.fixture
-def compare(tmp_path: Path) -> Iterator[Callable[..., None]]:
+def compare(tmp_path: Path) -> Callable[..., None]:
     def check(steps: Callable[[Recorder], None], **overrides: Any) -> None:
         with_lane = run(tmp_path / "lane", True, steps, **overrides)
         without = run(tmp_path / "litestar", False, steps, **overrides)
@@ -152,7 +152,7 @@ def compare(tmp_path: Path) -> Iterator[Callable[..., None]]:
         for got, want in zip(with_lane, without, strict=True):
             assert got == want, f"{got[0]}: the lane answered differently"
 
-    yield check
+    return check
 
 
 def test_every_endpoint_answers_as_through_litestar(compare: Callable[..., None]) -> None:

@@ -1,0 +1,111 @@
+"""``Database.run`` on SQLite: short writes run on the calling thread only when the write
+lock is free at once, and otherwise behave exactly like any other write (they wait on a
+thread, never on the event loop); results, errors and rollbacks are the same either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, text
+
+from dtr.db import database as dbmod
+from dtr.db.database import Database
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    await database.run(lambda s: s.execute(text("CREATE TABLE t (v INTEGER)")))
+    yield database
+    await database.close()
+
+
+def _insert(value: int) -> dbmod.TxFn[int]:
+    def fn(s: Connection) -> int:
+        s.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})
+        return threading.get_ident()
+    return fn
+
+
+async def _values(db: Database) -> list[int]:
+    rows = await db.run(lambda s: s.execute(text("SELECT v FROM t ORDER BY v")).all(),
+                        write=False)
+    return [r[0] for r in rows]
+
+
+async def test_a_short_write_runs_on_the_calling_thread_when_the_lock_is_free(
+        db: Database) -> None:
+    assert await db.run(_insert(1), short=True) == threading.get_ident()
+    assert await db.run(_insert(2)) != threading.get_ident()  # not short: a thread
+    assert await _values(db) == [1, 2]
+
+
+async def test_a_short_write_waits_on_a_thread_while_another_process_holds_the_lock(
+        db: Database) -> None:
+    fd = os.open(db._writer.path, os.O_RDWR | os.O_CREAT)  # another dtr process's flock
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        task = asyncio.ensure_future(db.run(_insert(3), short=True))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # waiting, and the event loop is free (we are running)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert await task != threading.get_ident()
+    assert await _values(db) == [3]
+
+
+async def test_a_short_write_waits_on_a_thread_for_a_writer_that_takes_no_flock(
+        db: Database, tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # SQLite's own write lock, no dtr flock
+    try:
+        task = asyncio.ensure_future(db.run(_insert(4), short=True))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await task != threading.get_ident()
+    assert await _values(db) == [4]
+
+
+async def test_a_failing_short_write_rolls_back_and_raises(db: Database) -> None:
+    def fail(s: Connection) -> None:
+        _insert(5)(s)
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await db.run(fail, short=True)
+    assert await _values(db) == []
+    await db.run(_insert(6), short=True)  # the connection is usable again
+    assert await _values(db) == [6]
+
+
+async def test_commit_hooks_run_inside_a_short_write(db: Database) -> None:
+    db.before_commit.append(lambda s: s.execute(text("INSERT INTO t (v) VALUES (99)")))
+    await db.run(_insert(7), short=True)
+    assert await _values(db) == [7, 99]
+
+
+async def test_short_writes_start_a_wal_checkpoint_every_so_often(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[object] = []
+    monkeypatch.setattr(dbmod, "_checkpoint", started.append)
+    for i in range(dbmod._CHECKPOINT_EVERY * 2):
+        await db.run(_insert(i), short=True)
+    for _ in range(50):  # submitted to the pool: give it a moment
+        if len(started) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert started == [db._write, db._write]
