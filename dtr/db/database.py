@@ -13,7 +13,8 @@ SQL); ``Database.run`` executes one such function as one transaction:
   hop costs 0.1-0.3 ms of wake-ups on a small VM, more than such a transaction. When any
   process holds the lock it goes to the thread like any other write, so the event loop
   never waits for a lock; that connection never checkpoints the WAL itself (a checkpoint
-  fsyncs the database file): every 128 of its commits one is started on a thread.
+  fsyncs the database file): every 128 of its commits one is started on a thread, under
+  the write lock.
 * **PostgreSQL**: on the asyncpg engine through ``AsyncConnection.run_sync`` (greenlet;
   no threads).
 
@@ -32,6 +33,7 @@ import contextlib
 import contextvars
 import fcntl
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -185,7 +187,7 @@ class Database:
         self._commits_now += 1
         if self._commits_now % _CHECKPOINT_EVERY == 0 and self._threads is not None:
             with contextlib.suppress(RuntimeError):  # the pool is shut down: closing
-                self._threads.submit(_checkpoint, self._write)
+                self._threads.submit(self._writer.holding, _checkpoint, self._write)
 
     async def close(self) -> None:
         """Dispose of every engine and thread."""
@@ -213,12 +215,17 @@ class _WriterLock:
         self._fd: int | None = None
 
     def run(self, engine: Engine, fn: TxFn[T]) -> T:
+        """``fn`` as a transaction on ``engine``, holding the lock (waits for it)."""
+        return cast("T", self.holding(_in_thread, engine, fn))
+
+    def holding(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` while holding the lock (waits for it)."""
         with self._thread_lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                return _in_thread(engine, fn)
+                return fn(*args)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -269,6 +276,14 @@ def _if_free(engine: Engine, fn: TxFn[T]) -> tuple[bool, T | None]:
 
 
 def _checkpoint(engine: Engine) -> None:
-    """A passive WAL checkpoint (best effort: the next one catches up)."""
-    with contextlib.suppress(SQLAlchemyError), engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+    """A passive WAL checkpoint (best effort: the next one catches up), on a raw
+    connection: not inside a transaction, where SQLite cannot checkpoint. Run holding the
+    write lock, so no commit lands meanwhile: a checkpoint that backfills every frame lets
+    the next writer start the WAL over (what bounds its size).
+    """
+    with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
+        conn = engine.raw_connection()
+        try:
+            conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        finally:
+            conn.close()

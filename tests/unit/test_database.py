@@ -108,4 +108,22 @@ async def test_short_writes_start_a_wal_checkpoint_every_so_often(
         if len(started) == 2:
             break
         await asyncio.sleep(0.01)
-    assert started == [db._write, db._write]
+    assert started == [db._write, db._write]  # under the write lock (holding)
+
+
+async def test_short_writes_keep_the_wal_bounded(db: Database, tmp_path: Path) -> None:
+    """Their connection never checkpoints; the ones started on a thread must really run
+    (a checkpoint inside a transaction does nothing), or the WAL grows without end."""
+    await db.run(lambda s: s.execute(text("CREATE TABLE big (b BLOB)")))
+    wal = tmp_path / "x.db-wal"
+
+    def fat(s: Connection) -> None:
+        s.execute(text("INSERT INTO big (b) VALUES (zeroblob(8000))"))
+
+    for _ in range(dbmod._CHECKPOINT_EVERY * 8):  # ~3 pages each: ~12 MB of WAL unchecked
+        await db.run(fat, short=True)
+        await asyncio.sleep(0)  # let a started checkpoint run now and then
+    await asyncio.sleep(0.2)
+    for _ in range(3):
+        await db.run(fat, short=True)
+    assert wal.stat().st_size < 4 * 1024 * 1024
