@@ -929,6 +929,7 @@ class Config:
     image_clients: list[int]
     images_min: int
     images_per_client: int
+    image_rounds: int
     layers: int
     layer_size: int
     case_budget: float
@@ -1161,22 +1162,28 @@ class Bench:
 
     # images
     async def images(self) -> None:
-        """Full image push then pull by ``c`` concurrent clients, each image to a new repo."""
+        """Full image push then pull by ``c`` concurrent clients, each image to a new repo,
+        in :attr:`Config.image_rounds` rounds that alternate between the servers like the
+        blob repetitions (a short case measured once per server moved by ±0.3 between
+        runs)."""
         cfg = self.cfg
         for c in cfg.image_clients:
-            n = max(cfg.images_min, c * cfg.images_per_client)
-            imgs = [make_image(f"img-{c}-{i}", cfg.layers, cfg.layer_size) for i in range(n)]
-            done: dict[str, int] = {}
+            n = images_per_round(cfg, c)
+            imgs = [make_image(f"img-{c}-{i}", cfg.layers, cfg.layer_size)
+                    for i in range(n * cfg.image_rounds)]
+            pushed: dict[tuple[str, int], int] = {}
 
-            async def push(t: Target, _r: int, c: int = c, imgs: list[Image] = imgs,
-                           done: dict[str, int] = done) -> tuple[float, float, float]:
+            async def push(t: Target, r: int, c: int = c, n: int = n, imgs: list[Image] = imgs,
+                           pushed: dict[tuple[str, int], int] = pushed,
+                           ) -> tuple[float, float, float]:
+                mine = list(range(r * n, (r + 1) * n))
                 count = [0]
                 deadline = time.perf_counter() + cfg.case_budget * 2
 
                 async def client(k: int) -> None:
                     x = t.conn()
                     try:
-                        for i in range(k, len(imgs), c):
+                        for i in mine[k::c]:
                             if count[0] and time.perf_counter() > deadline:
                                 break
                             await push_image(x, f"bench/img-{c}-{i}", imgs[i])
@@ -1186,18 +1193,21 @@ class Bench:
 
                 t0 = time.perf_counter()
                 await asyncio.gather(*(client(k) for k in range(c)))
-                done[t.kind] = count[0]
+                pushed[t.kind, r] = count[0]
                 return time.perf_counter() - t0, count[0], count[0]
 
-            async def pull(t: Target, _r: int, c: int = c,
-                           done: dict[str, int] = done) -> tuple[float, float, float]:
-                total = done.get(t.kind, 0)
+            async def pull(t: Target, r: int, c: int = c, n: int = n,
+                           pushed: dict[tuple[str, int], int] = pushed,
+                           ) -> tuple[float, float, float]:
+                # the first images of each of this round's clients, as many as it pushed
+                mine = list(range(r * n, (r + 1) * n))
+                total = pushed.get((t.kind, r), 0)
                 count = [0]
 
                 async def client(k: int) -> None:
                     x = t.conn()
                     try:
-                        for i in range(k, total, c):
+                        for i in mine[k::c][:max(0, (total - k + c - 1) // c)]:
                             await pull_image(x, f"bench/img-{c}-{i}")
                             count[0] += 1
                     finally:
@@ -1208,8 +1218,10 @@ class Bench:
                 return time.perf_counter() - t0, count[0], count[0]
 
             case = f"{c} client{'s' if c > 1 else ''}"
-            await self.measure(Row("Image push", case, "images/s", True, "image"), push)
-            await self.measure(Row("Image pull", case, "images/s", True, "image"), pull)
+            await self.measure(Row("Image push", case, "images/s", True, "image"), push,
+                               cfg.image_rounds)
+            await self.measure(Row("Image pull", case, "images/s", True, "image"), pull,
+                               cfg.image_rounds)
 
     async def warm_up(self) -> None:
         """Exercise every worker of both servers once, then wait until they are idle (a
@@ -1607,7 +1619,8 @@ def report(cfg: Config, info: dict[str, str], results: dict[str, Bench],
             f"chunks of {human(cfg.chunk)}; small requests in {cfg.windows} window(s) of "
             f"{cfg.duration:g} s per server and case; "
             f"images of {cfg.layers} x {human(cfg.layer_size)} layers + config, "
-            f"max({cfg.images_min}, {cfg.images_per_client} x clients) images per case. "
+            f"max({cfg.images_min}, {cfg.images_per_client} x clients) images per round and "
+            f"{cfg.image_rounds} rounds per server and case, alternating. "
             f"MB = 10^6 bytes. {mode.ratio_text}{grant_text(cfg)}", ""]
     backends = [b for b in cfg.backends if b in results]
     scenarios: list[str] = []
@@ -1794,7 +1807,7 @@ def build_config(a: argparse.Namespace) -> Config:
     """Defaults for a full or a quick run, overridden by explicit flags."""
     quick = bool(a.quick)
     sizes = parse_sizes(a.sizes or ("1,16" if quick else "1,64,512"))
-    reps_list = [int(x) for x in (a.reps or ("4,2" if quick else "32,4,2")).split(",")]
+    reps_list = [int(x) for x in (a.reps or ("4,2" if quick else "128,4,2")).split(",")]
     reps = {s: reps_list[min(i, len(reps_list) - 1)] for i, s in enumerate(sizes)}
     return Config(
         backends=a.backends.split(","),
@@ -1808,7 +1821,8 @@ def build_config(a: argparse.Namespace) -> Config:
         max_requests=a.max_requests,
         image_clients=[int(x) for x in a.image_clients.split(",")],
         images_min=a.images_min or (2 if quick else 6),
-        images_per_client=a.images_per_client or (1 if quick else 3),
+        images_per_client=a.images_per_client or (1 if quick else 2),
+        image_rounds=a.image_rounds or (1 if quick else 3),
         layers=a.layers,
         layer_size=int((a.layer_mib or (1 if quick else 8)) * MiB),
         case_budget=a.case_budget or (8.0 if quick else 40.0),
@@ -1818,6 +1832,11 @@ def build_config(a: argparse.Namespace) -> Config:
         compare=a.compare,
         token_grant=a.token_grant,
     )
+
+
+def images_per_round(cfg: Config, clients: int) -> int:
+    """Images pushed (then pulled) per server in one round of the image case."""
+    return max(cfg.images_min, clients * cfg.images_per_client)
 
 
 def all_blobs(cfg: Config) -> list[Blob]:
@@ -1832,7 +1851,7 @@ def all_blobs(cfg: Config) -> list[Blob]:
             blobs += [Blob(f"chunked-{size}-{r}", size) for r in range(cfg.reps.get(size, 1))]
     if "image" in cfg.scenarios:
         for c in cfg.image_clients:
-            n = max(cfg.images_min, c * cfg.images_per_client)
+            n = images_per_round(cfg, c) * cfg.image_rounds
             blobs += [Blob(f"img-{c}-{i}-l{j}", cfg.layer_size)
                       for i in range(n) for j in range(cfg.layers)]
     return blobs
@@ -1865,7 +1884,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(PostgreSQL + MinIO)")
     ap.add_argument("--scenarios", default="ceiling,push,chunked,pull,head,manifest,image")
     ap.add_argument("--sizes", default=None, help="blob sizes in MiB (default 1,64,512)")
-    ap.add_argument("--reps", default=None, help="repetitions per size (default 32,4,2)")
+    ap.add_argument("--reps", default=None, help="repetitions per size (default 128,4,2)")
     ap.add_argument("--big-mib", type=float, default=None,
                     help="extra blob for monolithic push/pull and RSS (default 1024)")
     ap.add_argument("--chunk-mib", type=float, default=8.0, help="PATCH chunk size")
@@ -1878,8 +1897,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=200_000,
                     help="cap on requests per small-request case")
     ap.add_argument("--image-clients", default="1,4,16", help="concurrent image clients")
-    ap.add_argument("--images-min", type=int, default=None, help="images per case, at least")
-    ap.add_argument("--images-per-client", type=int, default=None)
+    ap.add_argument("--images-min", type=int, default=None,
+                    help="images per round, at least (default 6)")
+    ap.add_argument("--images-per-client", type=int, default=None,
+                    help="images per client and round (default 2)")
+    ap.add_argument("--image-rounds", type=int, default=None,
+                    help="image push/pull rounds per server, alternating (default 3)")
     ap.add_argument("--layers", type=int, default=4, help="layers per image")
     ap.add_argument("--layer-mib", type=float, default=None, help="layer size (default 8)")
     ap.add_argument("--case-budget", type=float, default=None,
