@@ -124,10 +124,11 @@ async def test_short_writes_keep_the_wal_bounded(db: Database, tmp_path: Path) -
     def fat(s: Connection) -> None:
         s.execute(text("INSERT INTO big (b) VALUES (zeroblob(8000))"))
 
-    for _ in range(dbmod._CHECKPOINT_EVERY * 8):  # ~3 pages each: ~12 MB of WAL unchecked
+    for _ in range(dbmod._CHECKPOINT_EVERY * 16):  # ~3 pages each: ~24 MB of WAL unchecked
         await db.run(fat, short=True)
         await asyncio.sleep(0)  # let a started checkpoint run now and then
     await asyncio.sleep(0.2)
     for _ in range(3):
         await db.run(fat, short=True)
-    assert wal.stat().st_size < 4 * 1024 * 1024
+    # a few checkpoint cycles (one may miss its restart when a write races it), not all
+    assert wal.stat().st_size < 8 * 1024 * 1024
