@@ -132,3 +132,14 @@ async def test_short_writes_keep_the_wal_bounded(db: Database, tmp_path: Path) -
         await db.run(fat, short=True)
     # a few checkpoint cycles (one may miss its restart when a write races it), not all
     assert wal.stat().st_size < 8 * 1024 * 1024
+
+
+async def test_the_checkpoint_copies_the_wal_into_the_database(db: Database,
+                                                               tmp_path: Path) -> None:
+    await db.run(lambda s: s.execute(text("CREATE TABLE big (b BLOB)")))
+    for _ in range(100):  # fewer than _CHECKPOINT_EVERY: nothing checkpoints on its own
+        await db.run(lambda s: s.execute(text("INSERT INTO big (b) VALUES (zeroblob(8000))")),
+                     short=True)
+    before = (tmp_path / "x.db").stat().st_size
+    db._writer.holding(dbmod._checkpoint, db._write)
+    assert (tmp_path / "x.db").stat().st_size - before > 100 * 8000
