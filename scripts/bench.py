@@ -1171,43 +1171,40 @@ class Bench:
             n = images_per_round(cfg, c)
             imgs = [make_image(f"img-{c}-{i}", cfg.layers, cfg.layer_size)
                     for i in range(n * cfg.image_rounds)]
-            pushed: dict[tuple[str, int], int] = {}
+            pushed: dict[tuple[str, int], list[int]] = {}
 
             async def push(t: Target, r: int, c: int = c, n: int = n, imgs: list[Image] = imgs,
-                           pushed: dict[tuple[str, int], int] = pushed,
+                           pushed: dict[tuple[str, int], list[int]] = pushed,
                            ) -> tuple[float, float, float]:
                 mine = list(range(r * n, (r + 1) * n))
-                count = [0]
+                done = pushed.setdefault((t.kind, r), [])
                 deadline = time.perf_counter() + cfg.case_budget * 2
 
                 async def client(k: int) -> None:
                     x = t.conn()
                     try:
                         for i in mine[k::c]:
-                            if count[0] and time.perf_counter() > deadline:
+                            if done and time.perf_counter() > deadline:
                                 break
                             await push_image(x, f"bench/img-{c}-{i}", imgs[i])
-                            count[0] += 1
+                            done.append(i)
                     finally:
                         x.close()
 
                 t0 = time.perf_counter()
                 await asyncio.gather(*(client(k) for k in range(c)))
-                pushed[t.kind, r] = count[0]
-                return time.perf_counter() - t0, count[0], count[0]
+                return time.perf_counter() - t0, len(done), len(done)
 
-            async def pull(t: Target, r: int, c: int = c, n: int = n,
-                           pushed: dict[tuple[str, int], int] = pushed,
+            async def pull(t: Target, r: int, c: int = c,
+                           pushed: dict[tuple[str, int], list[int]] = pushed,
                            ) -> tuple[float, float, float]:
-                # the first images of each of this round's clients, as many as it pushed
-                mine = list(range(r * n, (r + 1) * n))
-                total = pushed.get((t.kind, r), 0)
+                done = pushed.get((t.kind, r), [])  # what this round pushed to ``t``
                 count = [0]
 
                 async def client(k: int) -> None:
                     x = t.conn()
                     try:
-                        for i in mine[k::c][:max(0, (total - k + c - 1) // c)]:
+                        for i in done[k::c]:
                             await pull_image(x, f"bench/img-{c}-{i}")
                             count[0] += 1
                     finally:

@@ -98,8 +98,7 @@ def _sqlite_engine(path: str, begin: str, echo: bool, *, now: bool = False) -> E
     connection that never waits for SQLite's lock and never checkpoints the WAL).
     """
     engine = create_engine(f"sqlite+pysqlite:///{path}", echo=echo,
-                           connect_args={"timeout": 0 if now else 30,
-                                         "check_same_thread": False},
+                           connect_args={"timeout": 30, "check_same_thread": False},
                            pool_size=1 if now else 16, max_overflow=1 if now else 16)
 
     @event.listens_for(engine, "connect")
@@ -221,13 +220,12 @@ class _WriterLock:
     def holding(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` while holding the lock (waits for it)."""
         with self._thread_lock:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fd = self._descriptor()
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 return fn(*args)
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def try_now(self, engine: Engine, fn: TxFn[T]) -> tuple[bool, T | None]:
         """Run ``fn`` as a transaction on ``engine`` only if no thread of this process and
@@ -237,22 +235,29 @@ class _WriterLock:
         if not self._thread_lock.acquire(blocking=False):
             return False, None
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._descriptor()
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False, None
             try:
                 return _if_free(engine, fn)
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+    def _descriptor(self) -> int:
+        """The lock file, opened once (call holding the thread lock)."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
 
 
 #: Commits on the calling thread between two WAL checkpoints started on a thread.
 _CHECKPOINT_EVERY = 128
+#: SQLite's answers to ``BEGIN IMMEDIATE`` while another connection writes.
+_LOCK_HELD = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _in_thread(engine: Engine, fn: TxFn[T]) -> T:
@@ -268,7 +273,7 @@ def _if_free(engine: Engine, fn: TxFn[T]) -> tuple[bool, T | None]:
         try:
             tx = conn.begin()
         except OperationalError as exc:
-            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+            if getattr(exc.orig, "sqlite_errorcode", None) in _LOCK_HELD:
                 return False, None
             raise
         with tx:

@@ -28,10 +28,10 @@ request.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response
+from litestar._asgi.utils import is_valid_host
 from litestar.exceptions import HTTPException, InternalServerException
 from litestar.exceptions.responses import create_exception_response
 from litestar.utils import normalize_path
@@ -56,8 +56,6 @@ log = logging.getLogger("dtr.api.oci")
 
 #: The methods the ``/v2`` routes accept (others go to Litestar, which answers 405).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
-#: What Litestar accepts in a ``Host`` header (``litestar._asgi.utils``).
-_HOST = re.compile(rb"\A[0-9A-Za-z!$&'()*+,;=\-._~:\[\]@%]*\Z")
 _NO_BODY = frozenset({204, 304})
 
 
@@ -75,7 +73,7 @@ def takes(scope: HTTPScope) -> str | None:
         return None
     for name, value in scope["headers"]:
         if name == b"host":
-            return path if _HOST.match(value) is not None else None
+            return path if is_valid_host(value) else None  # Litestar's own check
     return path
 
 
