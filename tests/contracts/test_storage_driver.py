@@ -743,6 +743,79 @@ async def test_filesystem_move_of_a_written_file_is_a_rename(tmp_path: Path) -> 
         await drv.close()
 
 
+
+def _recording_pwritev(monkeypatch: pytest.MonkeyPatch, most: int | None = None) -> list[int]:
+    """Replace ``os.pwritev`` by one that records each call's size (writing at most
+    ``most`` bytes of it, like a short write); return the record.
+    """
+    sizes: list[int] = []
+    real = os.pwritev
+
+    def pwritev(fd: int, buffers: list[Any], offset: int) -> int:
+        data = b"".join(bytes(b) for b in buffers)
+        sizes.append(len(data))
+        if len(sizes) > 10_000:
+            raise RuntimeError("pwritev called in a loop")
+        return real(fd, [data[:most] if most is not None else data], offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    return sizes
+
+
+@pytest.mark.parametrize("piece", [408 * 1024, 64 * 1024 + 7, 3 * MIB])
+async def test_filesystem_writes_in_calls_of_at_most_256_kib(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int) -> None:
+    """Large ``pwritev`` calls make the page cache allocate large folios (slow on a
+    ballooned VM: ``dtr/storage/filesystem.py``); every path writes at most 256 KiB a call,
+    in as few calls as that allows.
+    """
+    sizes = _recording_pwritev(monkeypatch)
+    drv = FilesystemDriver(tmp_path / "root", fsync=False)
+    data = blob(9 * MIB + 5, 11)
+    try:
+        assert await drv.write("blobs/w", chunked(data, piece)) == len(data)
+        async with drv.open_append("up/data") as h:
+            assert await h.write_at(0, chunked(data, piece)) == len(data)
+        assert await read_all(drv, "blobs/w") == data
+        assert await read_all(drv, "up/data") == data
+    finally:
+        await drv.close()
+    assert sum(sizes) == 2 * len(data)
+    assert max(sizes) == 256 * 1024
+    # at most one call short of 256 KiB per batch (~1 MiB, or one piece when larger)
+    batches = 2 * (len(data) // min(piece, MIB) + 2)
+    assert len(sizes) <= 2 * len(data) // (256 * 1024) + batches
+
+
+async def test_filesystem_short_writes_are_resumed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _recording_pwritev(monkeypatch, most=100_003)
+    drv = FilesystemDriver(tmp_path / "root", fsync=False)
+    data = blob(3 * MIB + 1, 12)
+    try:
+        await drv.write("blobs/w", chunked(data, 408 * 1024))
+        async with drv.open_append("up/data") as h:
+            await h.write_at(0, chunked(data[:MIB]))
+            await h.write_at(MIB, chunked(data[MIB:], 408 * 1024))
+        assert await read_all(drv, "blobs/w") == data
+        assert await read_all(drv, "up/data") == data
+    finally:
+        await drv.close()
+    assert sum(min(n, 100_003) for n in sizes) == 2 * len(data)
+
+
+async def test_filesystem_write_that_writes_nothing_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``pwritev`` that returns 0 is an error, not a loop."""
+    _recording_pwritev(monkeypatch, most=0)
+    drv = FilesystemDriver(tmp_path / "root", fsync=False)
+    try:
+        with pytest.raises(StorageError, match="wrote nothing"):
+            await drv.write("blobs/w", chunked(b"abc"))
+        await assert_missing(drv, "blobs/w")
+    finally:
+        await drv.close()
+
 # -- S3 only ---------------------------------------------------------------------------------
 S3_BACKENDS = [b for b in BACKENDS if b.startswith("s3-")]
 
