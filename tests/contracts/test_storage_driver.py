@@ -787,6 +787,32 @@ async def test_filesystem_writes_in_calls_of_at_most_256_kib(
     assert len(sizes) <= 2 * len(data) // (256 * 1024) + batches
 
 
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_filesystem_starts_writeback_every_2_mib(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    """A durable write starts writeback of what it wrote every 2 MiB (an 8 MiB layer's
+    final fsync then finds little to flush), in contiguous ranges; a scratch one never.
+    """
+    import dtr.storage.filesystem as fs  # noqa: PLC0415 - the module global is patched
+
+    kicked: list[tuple[int, int]] = []
+    monkeypatch.setattr(fs, "_START_WRITEBACK",
+                        lambda fd, offset, n: kicked.append((offset, n)))
+    drv = FilesystemDriver(tmp_path / "root", fsync=durable)
+    data = blob(8 * MIB + 5, 13)
+    try:
+        await drv.write("blobs/w", chunked(data, 408 * 1024))
+        if durable:
+            assert len(kicked) >= 3
+            assert [off for off, _n in kicked] == [sum(n for _o, n in kicked[:i])
+                                                   for i in range(len(kicked))]
+            assert all(2 * MIB <= n < 3 * MIB for _off, n in kicked)
+        else:
+            assert kicked == []
+    finally:
+        await drv.close()
+
 async def test_filesystem_short_writes_are_resumed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sizes = _recording_pwritev(monkeypatch, most=100_003)
