@@ -13,7 +13,6 @@ allowed for settings-file policies) makes crane's tag pull fail with ``SIGNATURE
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,14 +59,7 @@ class Promo:
 
     def staged(self, name: str) -> str:
         """A fresh image pushed (by tag) to the unprotected ``staging/app``; its digest."""
-        work = self.tools.home / f"promo-img-{name}"
-        work.mkdir()
-        (work / "hello.txt").write_text(f"promo {name} {os.urandom(8).hex()}\n")
-        self.tools.client.run_any(["tar", "-cf", str(work / "layer.tar"), "-C", str(work),
-                                   "hello.txt"], check=True)
-        self.run("crane", "append", "--oci-empty-base", "-f", str(work / "layer.tar"),
-                 "-t", f"{self.reg}/staging/app:{name}")
-        return self.run("crane", "digest", f"{self.reg}/staging/app:{name}")[1].strip()
+        return self.tools.stage_image(f"{self.reg}/staging/app:{name}", "promo")
 
     def v2_get(self, path: str) -> httpx.Response:
         """GET ``path`` of the OCI API with an admin pull token (from the challenge)."""

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,14 +71,7 @@ class Gate:
 
     def staged(self, name: str) -> str:
         """A fresh image pushed (by tag) to the unprotected ``staging/app``; its digest."""
-        work = self.tools.home / f"gate-img-{name}"
-        work.mkdir()
-        (work / "hello.txt").write_text(f"gate {name} {os.urandom(8).hex()}\n")
-        self.tools.client.run_any(["tar", "-cf", str(work / "layer.tar"), "-C", str(work),
-                                   "hello.txt"], check=True)
-        self.run("crane", "append", "--oci-empty-base", "-f", str(work / "layer.tar"),
-                 "-t", f"{self.reg}/staging/app:{name}")
-        return self.run("crane", "digest", f"{self.reg}/staging/app:{name}")[1].strip()
+        return self.tools.stage_image(f"{self.reg}/staging/app:{name}", "gate")
 
     def to_prod(self, name: str) -> str:
         """Stage an image and copy it into ``prod/app`` by digest (quarantined)."""

@@ -156,6 +156,19 @@ class Tools:
         return self.client.run_any([peer(tool), *args], cwd=cwd or self.home,
                                    check=True).stdout
 
+    def stage_image(self, ref: str, label: str) -> str:
+        """Push a fresh one-layer image (crane, on an empty OCI base) to ``ref`` by tag;
+        its digest. ``label`` names its work folder and marks its content.
+        """
+        work = self.home / f"{label}-img-{ref.rsplit(':', 1)[-1]}"
+        work.mkdir()
+        (work / "hello.txt").write_text(f"{label} {ref} {os.urandom(8).hex()}\n")
+        self.client.run_any(["tar", "-cf", str(work / "layer.tar"), "-C", str(work),
+                             "hello.txt"], check=True)
+        self.run("crane", "append", "--oci-empty-base", "-f", str(work / "layer.tar"),
+                 "-t", ref)
+        return self.run("crane", "digest", ref).strip()
+
 
 @pytest.fixture(scope="module")
 def tools(client: Client, sentinel: Sentinel,
@@ -180,14 +193,7 @@ class Image:
 
 def push_image(tools: Tools, reg: str, repo: str, name: str) -> Image:
     """A fresh one-layer image pushed with crane; returns its digest reference."""
-    work = tools.home / f"img-{name}"
-    work.mkdir()
-    (work / "hello.txt").write_text(f"signing recipe {name} {os.urandom(8).hex()}\n")
-    tools.client.run_any(["tar", "-cf", str(work / "layer.tar"), "-C", str(work),
-                          "hello.txt"], check=True)
-    tools.run("crane", "append", "--oci-empty-base", "-f", str(work / "layer.tar"),
-              "-t", f"{reg}/{repo}:{name}")
-    digest = tools.run("crane", "digest", f"{reg}/{repo}:{name}").strip()
+    digest = tools.stage_image(f"{reg}/{repo}:{name}", "recipe")
     return Image(f"{reg}/{repo}@{digest}", digest)
 
 
