@@ -5,7 +5,7 @@ renamed into place, so a reader sees the old object or the whole new one. Blocki
 I/O runs on a private thread pool. A body is never joined into one buffer: its pieces
 (as the server received them; runs of small ones are joined) are handed to a thread in
 batches of about 1 MiB, which feeds them to the observer (the hasher) and then writes them
-with one ``pwritev``; while one batch is in the thread, the event loop receives the next
+with ``pwritev`` (see below); while one batch is in the thread, the event loop receives the next
 (so at most two batches of a write are held). Batches stay small on purpose: hashed and
 copied into the page cache by one thread while they are still in that core's cache, a
 batch costs about half the CPU of a 4 MiB one (measured: 120 against 190 ms of server CPU
@@ -71,7 +71,7 @@ _TMP_PREFIX = ".tmp-"
 #: layer): 22.5-23.9 ms a push every 2 MiB, 26.7-27.0 every 8 MiB (writeback started only
 #: at the end), 24.2 every 4 MiB, 25.7-28.5 every 1 MiB; 64 MiB to 1 GiB pushes the same.
 _KICK = 2 * CHUNK
-#: Bytes of body pieces handed to a worker thread at once (one hop, one ``pwritev``). Kept
+#: Bytes of body pieces handed to a worker thread at once (one hop). Kept
 #: within a core's L2 cache (1 MiB here), so hashing then copying a batch reads it from
 #: cache, not memory: 4 MiB batches cost 0.7-2 ms/MB more CPU (see the module docstring).
 _BATCH = CHUNK

@@ -743,7 +743,6 @@ async def test_filesystem_move_of_a_written_file_is_a_rename(tmp_path: Path) -> 
         await drv.close()
 
 
-
 def _recording_pwritev(monkeypatch: pytest.MonkeyPatch, most: int | None = None) -> list[int]:
     """Replace ``os.pwritev`` by one that records each call's size (writing at most
     ``most`` bytes of it, like a short write); return the record.
@@ -787,7 +786,6 @@ async def test_filesystem_writes_in_calls_of_at_most_256_kib(
     assert len(sizes) <= 2 * len(data) // (256 * 1024) + batches
 
 
-
 @pytest.mark.parametrize("durable", [True, False])
 async def test_filesystem_starts_writeback_every_2_mib(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
@@ -812,6 +810,7 @@ async def test_filesystem_starts_writeback_every_2_mib(
             assert kicked == []
     finally:
         await drv.close()
+
 
 async def test_filesystem_short_writes_are_resumed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -841,6 +840,7 @@ async def test_filesystem_write_that_writes_nothing_fails(
         await assert_missing(drv, "blobs/w")
     finally:
         await drv.close()
+
 
 # -- S3 only ---------------------------------------------------------------------------------
 S3_BACKENDS = [b for b in BACKENDS if b.startswith("s3-")]
