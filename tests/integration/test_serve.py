@@ -1,10 +1,14 @@
 """``dtr serve`` as an operator runs it: an audit sink with an unusable file (a CA that is
 not there) stops it before any worker starts, naming the sink; a worker that dies is
-replaced and the registry keeps answering.
+replaced and the registry keeps answering; a big blob comes back whole whether the worker
+streams it or granian sends the file (pathsend), one pull at a time and several at once.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -73,3 +77,34 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
         assert all(map(listening, now)), "the new worker never listened"
         for _ in range(20):  # a new connection each time: either worker may take it
             assert httpx.get(f"{srv.url}/v2/", timeout=10).status_code == 200
+
+
+def test_big_blobs_come_back_whole_whoever_sends_them(tmp_path: Path) -> None:
+    size = 24 * 1024 * 1024 + 7  # above BlobSender's 16 MiB: the worker may stream it
+    data = os.urandom(1024 * 1024) * 24 + b"tail!!!"
+    assert len(data) == size
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with dtr_server(tmp_path / "data", workers=1) as srv:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            r = c.post("/v2/big/blob/blobs/uploads/")
+            assert r.status_code == 202
+            r = c.put(r.headers["location"], params={"digest": digest}, content=data,
+                      headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code == 201, r.text
+
+        def pull(_: int) -> str:
+            with httpx.Client(base_url=srv.url, timeout=60) as x:
+                got = x.get(f"/v2/big/blob/blobs/{digest}")
+            assert got.status_code == 200
+            assert got.headers["content-length"] == str(size)
+            return "sha256:" + hashlib.sha256(got.content).hexdigest()
+
+        for i in range(3):  # one at a time: the idle worker streams each itself
+            assert pull(i) == digest
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # one streamed, the rest
+            assert list(pool.map(pull, range(8))) == [digest] * 8  # sent by granian
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            part = c.get(f"/v2/big/blob/blobs/{digest}",
+                         headers={"Range": f"bytes={size - 9}-{size - 1}"})
+            assert part.status_code == 206
+            assert part.content == data[-9:]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,7 +23,7 @@ from litestar.response import Redirect, Stream
 from dtr.api.context import scope_header
 from dtr.api.oci.audit import manifest_pulled
 from dtr.api.oci.errors import classify, envelope
-from dtr.api.oci.responses import PathSendResponse, supports_pathsend
+from dtr.api.oci.responses import BlobSender, PathSendResponse
 from dtr.api.oci.security import AccessControl, Challenge
 from dtr.core import mediatypes as mt
 from dtr.core.reference import is_digest_reference
@@ -63,6 +63,7 @@ class OciContext:
     chunk_min: int = 0
     events: SecurityEvents | None = None
     record_pulls: bool = False
+    sender: BlobSender = field(default_factory=BlobSender)
 
     def url(self, path: str) -> str:
         """A ``Location`` value: relative unless a public URL is configured."""
@@ -268,7 +269,8 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return reply(status, media_type="application/octet-stream", headers=headers)
-    content = await blobs.open(name, digest, wanted, local=supports_pathsend(request))
+    content = await blobs.open(name, digest, wanted,
+                               local=ctx.sender.pathsend(request, length))
     if content.local_path is not None:
         return PathSendResponse(content.local_path, content.size, status_code=status,
                                 media_type="application/octet-stream",
@@ -277,8 +279,8 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
         return Redirect(content.redirect_url, status_code=307,
                         headers={**API_HEADER, "Docker-Content-Digest": digest})
     assert content.chunks is not None
-    return Stream(content.chunks, status_code=status, media_type="application/octet-stream",
-                  headers={**API_HEADER, **headers})
+    return Stream(ctx.sender.track(content.chunks), status_code=status,
+                  media_type="application/octet-stream", headers={**API_HEADER, **headers})
 
 
 async def blob_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
