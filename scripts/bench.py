@@ -935,6 +935,7 @@ class Config:
     case_budget: float
     workers: int
     quick: bool
+    pull_passes: int = 1
     dtr_env: dict[str, str] = field(default_factory=dict)
     compare: str = "distribution"
     token_grant: str = "basic"
@@ -1053,27 +1054,30 @@ class Bench:
                                rss="push chunked" if chunked else "push monolithic")
 
     async def blob_pull(self) -> None:
-        """GET the blobs the monolithic push stored (those it managed to store)."""
+        """GET the blobs the monolithic push stored (those it managed to store), each of
+        them ``pull_passes`` times (a pull takes a fraction of a second)."""
         for size in [*self.cfg.sizes, self.cfg.big]:
+            pushed = next((x for x in self.rows if x.scenario == "Blob push, monolithic"
+                           and x.case == human(size)), None)
+            stored = self.reps(size)
+            if pushed is not None:  # a case cut short by its time budget pushed fewer blobs
+                stored = min(stored, *(max(1, round(pushed.work.get(k, 0) * MB / size))
+                                       for k in self.targets))
 
-            async def one(t: Target, r: int, size: int = size) -> tuple[float, float, float]:
+            async def one(t: Target, r: int, size: int = size,
+                          stored: int = stored) -> tuple[float, float, float]:
                 c = t.conn()
                 try:
-                    blob = Blob(f"mono-{size}-{r}", size)
+                    key = f"mono-{size}-{r % stored}"
+                    blob = Blob(key, size)
                     t0 = time.perf_counter()
-                    await pull_blob(c, f"bench/mono-{size}-{r}", blob.digest, size)
+                    await pull_blob(c, f"bench/{key}", blob.digest, size)
                     return time.perf_counter() - t0, size / MB, size / MB
                 finally:
                     c.close()
 
-            pushed = next((x for x in self.rows if x.scenario == "Blob push, monolithic"
-                           and x.case == human(size)), None)
-            reps = self.reps(size)
-            if pushed is not None:  # a case cut short by its time budget pushed fewer blobs
-                reps = min(reps, *(max(1, round(pushed.work.get(k, 0) * MB / size))
-                                   for k in self.targets))
-            await self.measure(Row("Blob pull", human(size), "MB/s", True, "MB"), one, reps,
-                               rss="pull")
+            await self.measure(Row("Blob pull", human(size), "MB/s", True, "MB"), one,
+                               stored * self.cfg.pull_passes, rss="pull")
 
     # small requests
     async def hammer(self, t: Target, c: int, make: Callable[[Connection], Awaitable[Response]],
@@ -1612,7 +1616,8 @@ def report(cfg: Config, info: dict[str, str], results: dict[str, Bench],
     out += ["", f"dtr ran with {cfg.workers} granian workers"
             f"{f' and {extra_env}' if extra_env else ''}; blob sizes "
             f"{', '.join(human(s) for s in cfg.sizes)} (+ {human(cfg.big)} for monolithic push "
-            f"and pull), repetitions {', '.join(f'{human(k)} x{v}' for k, v in cfg.reps.items())}, "
+            f"and pull), repetitions {', '.join(f'{human(k)} x{v}' for k, v in cfg.reps.items())} "
+            f"(each blob pulled {cfg.pull_passes} time(s)), "
             f"chunks of {human(cfg.chunk)}; small requests in {cfg.windows} window(s) of "
             f"{cfg.duration:g} s per server and case; "
             f"images of {cfg.layers} x {human(cfg.layer_size)} layers + config, "
@@ -1825,6 +1830,7 @@ def build_config(a: argparse.Namespace) -> Config:
         case_budget=a.case_budget or (8.0 if quick else 40.0),
         workers=a.workers,
         quick=quick,
+        pull_passes=a.pull_passes or (1 if quick else 4),
         dtr_env=dict(kv.split("=", 1) for kv in a.dtr_env),
         compare=a.compare,
         token_grant=a.token_grant,
@@ -1894,6 +1900,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=200_000,
                     help="cap on requests per small-request case")
     ap.add_argument("--image-clients", default="1,4,16", help="concurrent image clients")
+    ap.add_argument("--pull-passes", type=int, default=None,
+                    help="times each pushed blob is pulled (default 4)")
     ap.add_argument("--images-min", type=int, default=None,
                     help="images per round, at least (default 6)")
     ap.add_argument("--images-per-client", type=int, default=None,
