@@ -269,8 +269,9 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return reply(status, media_type="application/octet-stream", headers=headers)
-    content = await blobs.open(name, digest, wanted,
-                               local=ctx.sender.pathsend(request, length))
+    # only a whole blob can go out as a file: a range never counts as handed to the server
+    local = wanted is None and ctx.sender.pathsend(request, length)
+    content = await blobs.open(name, digest, wanted, local=local)
     if content.local_path is not None:
         return PathSendResponse(content.local_path, content.size, status_code=status,
                                 media_type="application/octet-stream",
