@@ -28,14 +28,14 @@ with authentication and RBAC on and the same dtr with them off (same backend, sa
 settings, measured the same interleaved way); ratio = auth on / auth off, and issue 3 asks
 for >= 0.80. Against the auth-on server the client behaves like a Docker client: it learns
 the token realm from the first 401, fetches one token per repository (scope
-``repository:<name>:pull,push,delete``, over its own connections) when it first touches
-that repository, reuses it for 240 s and fetches a new one on a 401. A fetch happens inside
-whatever request needed it, so its time counts where a real client would wait for it (the
-first request to each new repository) and nowhere else. ``--token-grant basic`` (default)
-fetches with the admin's Basic credentials (``GET``, a password check per token);
-``--token-grant refresh`` gets a refresh token once at start (``offline_token=true``, what
-``docker login`` stores as its identity token) and fetches with ``POST`` ``grant_type=
-refresh_token``.
+``repository:<name>:pull,push,delete``, over the connection of the request that needs it,
+as Go clients do) when it first touches that repository, reuses it for 240 s and fetches
+a new one on a 401. A fetch happens inside whatever request needed it, so its time counts
+where a real client would wait for it (the first request to each new repository) and
+nowhere else. ``--token-grant basic`` (default) fetches with the admin's Basic
+credentials (``GET``, a password check per token); ``--token-grant refresh`` gets a
+refresh token once at start (``offline_token=true``, what ``docker login`` stores as its
+identity token) and fetches with ``POST`` ``grant_type=refresh_token``.
 
 Usage::
 
@@ -394,11 +394,11 @@ class Connection:
         if auth is None or not target.startswith("/v2/"):
             return await self._send(method, target, headers, body, span, keep_body, timeout)
         repo = repo_of(target)
-        line = auth.cached(repo) or await auth.fetch(repo)
+        line = auth.cached(repo) or await auth.fetch(repo, self)
         resp = await self._send(method, target, headers, body, span, keep_body, timeout, line)
         if resp.status == 401:  # expired or revoked: one new token, one retry
             auth.invalidate(repo, line)
-            line = await auth.fetch(repo)
+            line = await auth.fetch(repo, self)
             resp = await self._send(method, target, headers, body, span, keep_body, timeout,
                                     line)
         return resp
@@ -461,9 +461,12 @@ class TokenSource:
 
     The realm and service come from the 401 challenge of ``GET /v2/`` (once, on first
     use). One token per repository, scope ``repository:<name>:pull,push,delete``, fetched
-    over connections of its own (a pool: concurrent clients do not queue behind each
-    other) and reused for :data:`TOKEN_REUSE` seconds; ``/v2/`` and other registry-wide
-    requests take any token. Concurrent requests for the same repository share one fetch.
+    over the connection of the request that needs it when the realm is on the registry's
+    own host and port (Go clients such as docker and crane send token requests through the
+    same connection pool as registry requests, so a sequential client asks for its token on
+    the connection it then pushes on), else over connections of the source's own, and
+    reused for :data:`TOKEN_REUSE` seconds; ``/v2/`` and other registry-wide requests take
+    any token. Concurrent requests for the same repository share one fetch.
 
     ``grant`` ``basic``: ``GET <realm>`` with Basic credentials, like ``docker`` without
     an identity token, crane or oras. ``refresh``: on first use (with the discovery), one
@@ -501,15 +504,17 @@ class TokenSource:
             if have == line and (key == repo or repo is None):
                 del self._tokens[key]
 
-    async def fetch(self, repo: str | None) -> str:
-        """A new token for ``repo`` (waits for a fetch already under way)."""
+    async def fetch(self, repo: str | None, via: Connection | None = None) -> str:
+        """A new token for ``repo`` (waits for a fetch already under way), asked for over
+        ``via`` (an idle connection of the client) when the realm is on its host and port.
+        """
         pending = self._pending.get(repo)
         if pending is not None:
             return await asyncio.shield(pending)
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending[repo] = fut
         try:
-            line = await self._get(repo)
+            line = await self._get(repo, via)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: no "never retrieved" warning without waiters
@@ -551,12 +556,14 @@ class TokenSource:
                 self._realm = found
             return self._realm
 
-    async def _get(self, repo: str | None) -> str:
+    async def _get(self, repo: str | None, via: Connection | None) -> str:
         host, port, path = self._realm or await self._discover()
         query = f"service={quote(self._service, safe='')}"
         if repo is not None:
             query += f"&scope={quote(f'repository:{repo}:pull,push,delete', safe='')}"
-        c = self._idle.pop() if self._idle else Connection(host, port, 60)
+        own = via is None or (via.host, via.port) != (host, port)
+        c = (via if via is not None and not own else
+             self._idle.pop() if self._idle else Connection(host, port, 60))
         t0 = time.perf_counter()
         try:
             if self.grant == "refresh":
@@ -570,7 +577,8 @@ class TokenSource:
         except BaseException:
             c.close()
             raise
-        self._idle.append(c)
+        if own:
+            self._idle.append(c)
         took = time.perf_counter() - t0
         self.fetches += 1
         self.fetch_seconds += took
@@ -902,8 +910,8 @@ MODES = {
         ratio_text="Ratio = auth on / auth off for throughput and auth off / auth on for p99 "
                    "latency, so **≥ 0.80 means the cost of authentication and RBAC is within "
                    "20%** (ratios below are in bold). The auth-on client fetches one token "
-                   "per repository inside the first request that needs it and reuses it for "
-                   "240 s, like a Docker client.",
+                   "per repository inside the first request that needs it, over that "
+                   "request's connection, and reuses it for 240 s, like a Docker client.",
         rss_text="Sampled every 50 ms during each blob case; each server is the `dtr serve` "
                  "parent plus its granian workers and its audit relay.",
         titles={"fs": "embedded (SQLite + filesystem), auth on vs off",
