@@ -1827,7 +1827,7 @@ def build_config(a: argparse.Namespace) -> Config:
         chunk=int(a.chunk_mib * MiB),
         concurrency=[int(x) for x in a.concurrency.split(",")],
         duration=a.duration or (0.5 if quick else 2.0),
-        windows=a.windows or (1 if quick else 3),
+        windows=a.windows or (1 if quick else 5),
         max_requests=a.max_requests,
         image_clients=[int(x) for x in a.image_clients.split(",")],
         images_min=a.images_min or (2 if quick else 6),
@@ -1838,7 +1838,7 @@ def build_config(a: argparse.Namespace) -> Config:
         case_budget=a.case_budget or (8.0 if quick else 40.0),
         workers=a.workers,
         quick=quick,
-        pull_passes=a.pull_passes or (1 if quick else 4),
+        pull_passes=a.pull_passes or (1 if quick else 8),
         dtr_env=dict(kv.split("=", 1) for kv in a.dtr_env),
         compare=a.compare,
         token_grant=a.token_grant,
@@ -1904,12 +1904,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per small-request window (default 2)")
     ap.add_argument("--windows", type=int, default=None,
                     help="small-request windows per server and case, alternating between "
-                         "the servers (default 3)")
+                         "the servers (default 5)")
     ap.add_argument("--max-requests", type=int, default=200_000,
                     help="cap on requests per small-request case")
     ap.add_argument("--image-clients", default="1,4,16", help="concurrent image clients")
     ap.add_argument("--pull-passes", type=int, default=None,
-                    help="times each pushed blob is pulled (default 4)")
+                    help="times each pushed blob is pulled (default 8)")
     ap.add_argument("--images-min", type=int, default=None,
                     help="images per round, at least (default 6)")
     ap.add_argument("--images-per-client", type=int, default=None,
