@@ -39,7 +39,7 @@ identity token) and fetches with ``POST`` ``grant_type=refresh_token``.
 
 Usage::
 
-    uv run python scripts/bench.py            # full run (~10 min), writes docs/performance.md
+    uv run python scripts/bench.py            # full run (~11 min), writes docs/performance.md
     uv run python scripts/bench.py --compare auth   # auth on vs off, its own block of the doc
     uv run python scripts/bench.py --quick    # smoke run (< 2 min), prints only
     uv run python scripts/bench.py --help     # sizes, repetitions, durations, backends
