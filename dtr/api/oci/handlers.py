@@ -10,11 +10,9 @@ manifest ``GET`` is the one request every pull makes).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 import msgspec
 from litestar import Request, Response
@@ -23,6 +21,13 @@ from litestar.response import Redirect, Stream
 from dtr.api.context import scope_header
 from dtr.api.oci.audit import manifest_pulled
 from dtr.api.oci.errors import classify, envelope
+from dtr.api.oci.params import (
+    content_range,
+    int_header,
+    next_link,
+    page_params,
+    parse_range,
+)
 from dtr.api.oci.responses import BlobSender, PathSendResponse
 from dtr.api.oci.security import AccessControl, Challenge
 from dtr.core import mediatypes as mt
@@ -33,18 +38,14 @@ from dtr.errors import (
     DigestInvalid,
     DtrError,
     ManifestTooLarge,
-    PaginationInvalid,
     RangeInvalid,
     RateLimited,
-    UploadInvalid,
 )
 from dtr.events import SecurityEvents
 
 log = logging.getLogger("dtr.api.oci")
 API_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 JSON = "application/json"
-CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)$")
-RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 
 Req = Request[Any, Any, Any]
 
@@ -115,26 +116,6 @@ def raise_(exc: Exception) -> Handler:
     return _h
 
 
-def _int_header(request: Req, name: str) -> int | None:
-    value = request.headers.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UploadInvalid(f"invalid {name} header") from None
-
-
-def _content_range(request: Req) -> tuple[int, int] | None:
-    value = request.headers.get("content-range")
-    if value is None:
-        return None
-    m = CONTENT_RANGE.match(value.strip())
-    if not m:
-        raise RangeInvalid(f"invalid Content-Range {value!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
 def _upload_headers(ctx: OciContext, name: str, upload_id: str, size: int) -> dict[str, str]:
     return {"Location": ctx.url(f"/v2/{name}/blobs/uploads/{upload_id}"),
             "Range": f"0-{max(size - 1, 0)}", "Docker-Upload-UUID": upload_id,
@@ -179,7 +160,7 @@ async def upload_start(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     state = await up.start(name)
     digest = q.get("digest")
     if digest:
-        length = _int_header(request, "content-length")
+        length = int_header(request, "content-length")
         done = await up.finish(name, state.id, digest, _body(request), None, length)
         return _blob_created(ctx, name, done)
     headers = _upload_headers(ctx, name, state.id, 0)
@@ -193,8 +174,8 @@ async def upload_patch(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
     name, upload_id = p["name"], p["upload"]
     await ctx.access.require(request, name, ("pull", "push"))
     state = await ctx.registry.uploads.append(
-        name, upload_id, _body(request), _content_range(request),
-        _int_header(request, "content-length"))
+        name, upload_id, _body(request), content_range(request),
+        int_header(request, "content-length"))
     return reply(202, headers=_upload_headers(ctx, name, upload_id, state.size))
 
 
@@ -206,8 +187,8 @@ async def upload_put(ctx: OciContext, request: Req, p: dict[str, str]) -> Respon
     if not digest:
         raise DigestInvalid("the digest query parameter is required")
     done = await ctx.registry.uploads.finish(
-        name, upload_id, digest, _body(request), _content_range(request),
-        _int_header(request, "content-length"))
+        name, upload_id, digest, _body(request), content_range(request),
+        int_header(request, "content-length"))
     return _blob_created(ctx, name, done)
 
 
@@ -228,27 +209,6 @@ async def upload_cancel(ctx: OciContext, request: Req, p: dict[str, str]) -> Res
 
 
 # -- blobs ------------------------------------------------------------------------------
-def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
-    """An inclusive byte range from a ``Range`` header, None for the whole blob.
-
-    Raises:
-        RangeInvalid: unsatisfiable or malformed.
-    """
-    if not value:
-        return None
-    m = RANGE.match(value.strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        raise RangeInvalid(f"unsupported Range {value!r}")
-    if not m.group(1):
-        suffix = int(m.group(2))
-        return max(0, size - suffix), size - 1
-    start = int(m.group(1))
-    end = int(m.group(2)) if m.group(2) else size - 1
-    if start >= size or end < start:
-        raise RangeInvalid(f"range {value!r} not satisfiable for {size} bytes")
-    return start, min(end, size - 1)
-
-
 async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[Any]:
     """``GET``/``HEAD /v2/<name>/blobs/<digest>`` with ``Range`` (206) support."""
     name, digest = p["name"], p["digest"]
@@ -258,7 +218,7 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
     headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
                "ETag": f'"{digest}"'}
     try:
-        wanted = _parse_range(request.headers.get("range"), info.size)
+        wanted = parse_range(request.headers.get("range"), info.size)
     except RangeInvalid:
         return reply(416, envelope("BLOB_UPLOAD_INVALID", "range not satisfiable"),
                      headers={"Content-Range": f"bytes */{info.size}"})
@@ -319,7 +279,7 @@ async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
 
 async def _read_manifest(ctx: OciContext, request: Req) -> bytes:
     limit = ctx.registry.store.limits.max_manifest_bytes
-    length = _int_header(request, "content-length")
+    length = int_header(request, "content-length")
     if length is not None and length > limit:
         raise ManifestTooLarge(f"manifest exceeds {limit} bytes")
     parts: list[bytes] = []
@@ -358,41 +318,27 @@ async def manifest_delete(ctx: OciContext, request: Req, p: dict[str, str]) -> R
 
 
 # -- discovery --------------------------------------------------------------------------
-def _page_params(request: Req) -> tuple[int | None, str | None]:
-    n_raw = request.query_params.get("n")
-    try:
-        n = int(n_raw) if n_raw not in (None, "") else None
-    except ValueError:
-        raise PaginationInvalid(f"invalid n {n_raw!r}") from None
-    return n, request.query_params.get("last") or None
-
-
-def _link(path: str, n: int | None, last: str) -> str:
-    query = urlencode({**({"n": n} if n is not None else {}), "last": last})
-    return f'<{path}?{query}>; rel="next"'
-
-
 async def tags_list(ctx: OciContext, request: Req, p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/<name>/tags/list?n=&last=``."""
     name = p["name"]
     await ctx.access.require(request, name, ("pull",))
-    n, last = _page_params(request)
+    n, last = page_params(request)
     page = await ctx.registry.tags.list_tags(name, n, last)
     headers = {}
     if page.more and page.items:
-        headers["Link"] = _link(f"/v2/{name}/tags/list", n, page.items[-1])
+        headers["Link"] = next_link(f"/v2/{name}/tags/list", n, page.items[-1])
     return reply(200, msgspec.json.encode({"name": name, "tags": page.items}), JSON, headers)
 
 
 async def catalog(ctx: OciContext, request: Req, _p: dict[str, str]) -> Response[bytes]:
     """``GET /v2/_catalog?n=&last=``: repositories the caller can pull."""
     await ctx.access.require(request, None, ("catalog",))
-    n, last = _page_params(request)
+    n, last = page_params(request)
     page = await ctx.registry.tags.catalog(
         n, last, lambda repo: ctx.access.may_pull(request, repo))
     headers = {}
     if page.more and page.items:
-        headers["Link"] = _link("/v2/_catalog", n, page.items[-1])
+        headers["Link"] = next_link("/v2/_catalog", n, page.items[-1])
     return reply(200, msgspec.json.encode({"repositories": page.items}), JSON, headers)
 
 
