@@ -14,9 +14,11 @@ from dtr.errors import PaginationInvalid, RangeInvalid, UploadInvalid
 
 
 def _request(headers: dict[str, str] | None = None, query: str = "") -> Request[Any, Any, Any]:
-    return Request({"type": "http", "method": "GET", "path": "/v2/a/b", "query_string":
-                    query.encode(), "headers": [(k.lower().encode(), v.encode())
-                                                for k, v in (headers or {}).items()]})
+    scope: Any = {"type": "http", "method": "GET", "path": "/v2/a/b",
+                  "query_string": query.encode(),
+                  "headers": [(k.lower().encode(), v.encode())
+                              for k, v in (headers or {}).items()]}
+    return Request(scope)
 
 
 # value, blob size, inclusive range (None: the whole blob)
