@@ -23,6 +23,7 @@ nothing else, and leaves the rest to the server.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -109,16 +110,31 @@ class BlobSender:
         return True
 
     def track(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``chunks``, counted as one open stream until exhausted or closed."""
+        """``chunks``, counted as one open stream until exhausted, failed or closed, or
+        dropped before it started (a client gone before the first chunk: the server then
+        never iterates the body, and a generator that never started runs no ``finally``).
+        """
         self.streams += 1
-        return self._counted(chunks)
+        released = False
 
-    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.streams -= 1
+
+        body = self._counted(chunks, release)
+        weakref.finalize(body, release)
+        return body
+
+    @staticmethod
+    async def _counted(chunks: AsyncIterator[bytes],
+                       release: Callable[[], None]) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
-            self.streams -= 1
+            release()
             close = getattr(chunks, "aclose", None)
             if close is not None:
                 await close()

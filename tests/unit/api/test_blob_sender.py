@@ -3,6 +3,7 @@ count of dtr's own streams (kept through exhaustion, closing and failure)."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,4 +117,24 @@ async def test_a_failing_stream_stops_counting() -> None:
     body = sender.track(_chunks(5, fail_at=2))
     with pytest.raises(OSError, match="disk gone"):
         _ = [c async for c in body]
+    assert sender.streams == 0
+
+
+@pytest.mark.anyio
+async def test_a_stream_dropped_before_its_first_chunk_stops_counting() -> None:
+    sender = BlobSender()
+    body = sender.track(_chunks(3))
+    assert sender.streams == 1
+    del body  # the server never iterated it (the client went away first)
+    gc.collect()
+    assert sender.streams == 0
+    closed_early = sender.track(_chunks(3))
+    await closed_early.aclose()  # type: ignore[attr-defined]
+    del closed_early
+    gc.collect()
+    assert sender.streams == 0
+    done = sender.track(_chunks(2))
+    assert [c async for c in done] == [b"x" * 10] * 2
+    del done  # released once, not again when collected
+    gc.collect()
     assert sender.streams == 0
