@@ -218,7 +218,7 @@ async def blob_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Response
     headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
                "ETag": f'"{digest}"'}
     try:
-        wanted = parse_range(request.headers.get("range"), info.size)
+        wanted = parse_range(scope_header(request.scope, b"range"), info.size)
     except RangeInvalid:
         return reply(416, envelope("BLOB_UPLOAD_INVALID", "range not satisfiable"),
                      headers={"Content-Range": f"bytes */{info.size}"})
