@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 
 from dtr.api.admin import build_admin_router, openapi_config
 from dtr.api.context import Security, audit_context
+from dtr.api.health import build_health_routes
 from dtr.api.oci.handlers import OciContext
 from dtr.api.oci.lane import OciLane, takes
 from dtr.api.oci.router import V2_HANDLER, build_routes
@@ -315,6 +316,7 @@ def create_app(settings: Settings, storage: StorageDriver | None = None) -> DtrA
 
     handlers: list[ControllerRouterHandler] = [*build_routes(ctx, settings.registry.max_blob_bytes),
                 *build_token_routes(security),
+                *build_health_routes(registry.health),
                 build_admin_router(security, settings.auth, registry,
                                    checkpoint_keys(security.keys)),
                 build_oidc_router(security, sso, settings.server.public_url)]

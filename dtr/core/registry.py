@@ -5,6 +5,7 @@ root from a :class:`~dtr.core.store.Store`.
 from __future__ import annotations
 
 from dtr.core.blobs import BlobService
+from dtr.core.health import HealthService
 from dtr.core.manifests import ManifestService
 from dtr.core.promotion import PromotionService
 from dtr.core.referrers import ReferrersService
@@ -24,3 +25,4 @@ class Registry:
         self.tags = TagService(store)
         self.referrers = ReferrersService(store)
         self.promotions = PromotionService(store, self.manifests, self.blobs)
+        self.health = HealthService(store)

@@ -113,6 +113,11 @@ def test_database_outage_gives_503_and_loses_nothing(tmp_path: Path) -> None:
             r = c.get("/v2/o/r/manifests/v1")
             assert r.status_code == 503
             assert "database unavailable" in r.text
+            ready = c.get("/health/ready")  # a load balancer takes the replica out
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"]["status"] == "unavailable"
+            assert ready.json()["checks"]["storage"]["status"] == "ok"
+            assert c.get("/health/live").status_code == 200
             subprocess.run([*runas, str(peers.PG_BIN / "pg_ctl"), "-D", str(pg.datadir),
                             "-l", str(pg.datadir.parent / "log2"), "-w", "-o",
                             f"-c listen_addresses=127.0.0.1 -p {pg.port} "
@@ -125,6 +130,7 @@ def test_database_outage_gives_503_and_loses_nothing(tmp_path: Path) -> None:
             assert r.status_code == 200
             assert r.content == body
             assert r.headers["docker-content-digest"] == digest
+            assert c.get("/health/ready").status_code == 200
 
 
 def test_serve_refuses_schema_behind(tmp_path: Path) -> None:

@@ -81,3 +81,13 @@ def test_minio_holds_the_bytes(pair: tuple[Any, Any], tmp_path: Path) -> None:
     a, _ = pair
     # nothing was written to the local data folder: blobs live in MinIO
     assert not (a.data_dir / "storage" / "blobs").exists()
+
+
+def test_both_replicas_are_ready_on_postgresql_and_minio(pair: tuple[Any, Any]) -> None:
+    """What a load balancer in front of them checks: the real database and object store
+    answer (MinIO's answer for the probe key is "no such key")."""
+    for server in pair:
+        r = httpx.get(f"{server.url}/health/ready", timeout=30)
+        assert r.status_code == 200, r.text
+        assert {k: v["status"] for k, v in r.json()["checks"].items()} == {
+            "database": "ok", "storage": "ok"}

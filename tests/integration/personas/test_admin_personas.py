@@ -64,12 +64,14 @@ def register_fixed(method: str, path: str, variant: str = "", url: str | None = 
     case(method, path, variant)(fixed(url or path, **kw))
 
 
-# -- token server and public documents -----------------------------------------------------
+# -- token server, public documents and health probes ----------------------------------
 
 register_fixed("GET", "/auth/token", password=True,
                params={"service": SERVICE, "scope": "repository:acme/app:pull"})
 register_fixed("GET", "/auth/jwks.json")
 register_fixed("GET", "/.well-known/jwks.json")
+register_fixed("GET", "/health/live")
+register_fixed("GET", "/health/ready")
 register_fixed("GET", f"{V1}/openapi.json")
 
 
