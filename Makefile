@@ -36,6 +36,9 @@ bench: env ## Benchmark dtr against distribution v3 and write docs/performance.m
 bench-auth: env ## Benchmark dtr with authentication on vs off and write docs/performance.md
 	uv run python scripts/bench.py --compare auth $(ARGS)
 
+bench-same: env ## Benchmark dtr against itself (the benchmark's spread) and write docs/performance.md
+	uv run python scripts/bench.py --compare same $(ARGS)
+
 bench-audit: env ## Benchmark the audit query API on PostgreSQL with 1M events; docs/performance.md
 	uv run python scripts/bench_audit.py $(ARGS)
 
@@ -45,4 +48,4 @@ bench-signing: env ## Measure what the signing gate adds to a tag push and write
 db-upgrade: env ## Upgrade the database schema
 	uv run dtr db upgrade
 
-.PHONY: help env serve test check lint types peers conformance bench bench-auth bench-signing bench-audit db-upgrade
+.PHONY: help env serve test check lint types peers conformance bench bench-auth bench-same bench-signing bench-audit db-upgrade
