@@ -968,6 +968,7 @@ class Config:
     workers: int
     quick: bool
     pull_passes: int = 1
+    big_reps: int = 1
     dtr_env: dict[str, str] = field(default_factory=dict)
     compare: str = "distribution"
     token_grant: str = "basic"
@@ -1057,8 +1058,8 @@ class Bench:
         return row
 
     def reps(self, size: int) -> int:
-        """Repetitions for a blob size (the big blob: one)."""
-        return 1 if size == self.cfg.big else self.cfg.reps.get(size, 1)
+        """Repetitions for a blob size (the big blob: :attr:`Config.big_reps`)."""
+        return self.cfg.big_reps if size == self.cfg.big else self.cfg.reps.get(size, 1)
 
     # blob scenarios
     async def blob_push(self, chunked: bool) -> None:
@@ -1654,7 +1655,8 @@ def report(cfg: Config, info: dict[str, str], results: dict[str, Bench],
     out += ["", f"dtr ran with {cfg.workers} granian workers"
             f"{f' and {extra_env}' if extra_env else ''}; blob sizes "
             f"{', '.join(human(s) for s in cfg.sizes)} (+ {human(cfg.big)} for monolithic push "
-            f"and pull), repetitions {', '.join(f'{human(k)} x{v}' for k, v in cfg.reps.items())} "
+            f"and pull), repetitions {', '.join(f'{human(k)} x{v}' for k, v in cfg.reps.items())}, "
+            f"{human(cfg.big)} x{cfg.big_reps} "
             f"(each blob pulled {cfg.pull_passes} time(s)), "
             f"chunks of {human(cfg.chunk)}; small requests in {cfg.windows} window(s) of "
             f"{cfg.duration:g} s per server and case; "
@@ -1861,7 +1863,7 @@ def build_config(a: argparse.Namespace) -> Config:
     """Defaults for a full or a quick run, overridden by explicit flags."""
     quick = bool(a.quick)
     sizes = parse_sizes(a.sizes or ("1,16" if quick else "1,64,512"))
-    reps_list = [int(x) for x in (a.reps or ("4,2" if quick else "128,4,2")).split(",")]
+    reps_list = [int(x) for x in (a.reps or ("4,2" if quick else "128,4,4")).split(",")]
     reps = {s: reps_list[min(i, len(reps_list) - 1)] for i, s in enumerate(sizes)}
     return Config(
         backends=a.backends.split(","),
@@ -1883,6 +1885,7 @@ def build_config(a: argparse.Namespace) -> Config:
         workers=a.workers,
         quick=quick,
         pull_passes=a.pull_passes or (1 if quick else 8),
+        big_reps=a.big_reps or (1 if quick else 2),
         dtr_env=dict(kv.split("=", 1) for kv in a.dtr_env),
         compare=a.compare,
         token_grant=a.token_grant,
@@ -1899,7 +1902,7 @@ def all_blobs(cfg: Config) -> list[Blob]:
     blobs: list[Blob] = []
     if "push" in cfg.scenarios:
         for size in [*cfg.sizes, cfg.big]:
-            reps = cfg.reps.get(size, 1) if size != cfg.big else 1
+            reps = cfg.reps.get(size, 1) if size != cfg.big else cfg.big_reps
             blobs += [Blob(f"mono-{size}-{r}", size) for r in range(reps)]
     if "chunked" in cfg.scenarios:
         for size in cfg.sizes:
@@ -1939,7 +1942,10 @@ def main(argv: list[str] | None = None) -> int:
                     "(PostgreSQL + MinIO)")
     ap.add_argument("--scenarios", default="ceiling,push,chunked,pull,head,manifest,image")
     ap.add_argument("--sizes", default=None, help="blob sizes in MiB (default 1,64,512)")
-    ap.add_argument("--reps", default=None, help="repetitions per size (default 128,4,2)")
+    ap.add_argument("--reps", default=None, help="repetitions per size (default 128,4,4)")
+    ap.add_argument("--big-reps", type=int, default=None,
+                    help="repetitions of the big blob (default 2; one repetition of ~1 s per "
+                         "server is decided by the machine's state at that second)")
     ap.add_argument("--big-mib", type=float, default=None,
                     help="extra blob for monolithic push/pull and RSS (default 1024)")
     ap.add_argument("--chunk-mib", type=float, default=8.0, help="PATCH chunk size")
