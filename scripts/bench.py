@@ -44,7 +44,7 @@ two modes.
 
 Usage::
 
-    uv run python scripts/bench.py            # full run (~11 min), writes docs/performance.md
+    uv run python scripts/bench.py            # full run (~12 min), writes docs/performance.md
     uv run python scripts/bench.py --compare auth   # auth on vs off, its own block of the doc
     uv run python scripts/bench.py --compare same   # dtr against itself: the spread
     uv run python scripts/bench.py --quick    # smoke run (< 2 min), prints only
@@ -1498,8 +1498,8 @@ def env_set(**values: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def servers(backend: str, cfg: Config) -> Iterator[tuple[dict[str, Target], list[int]]]:
-    """Start the two servers of ``cfg.compare`` for ``backend`` (dtr and distribution, or
-    dtr with auth on and off); yield the targets and helper pids."""
+    """Start the two servers of ``cfg.compare`` for ``backend`` (dtr and distribution, dtr
+    with auth on and off, or two identical dtr); yield the targets and helper pids."""
     if cfg.compare in PAIRS:
         with dtr_pair(backend, cfg, PAIRS[cfg.compare]) as started:
             yield started
