@@ -44,7 +44,7 @@ two modes.
 
 Usage::
 
-    uv run python scripts/bench.py            # full run (~12 min), writes docs/performance.md
+    uv run python scripts/bench.py            # full run (~13 min), writes docs/performance.md
     uv run python scripts/bench.py --compare auth   # auth on vs off, its own block of the doc
     uv run python scripts/bench.py --compare same   # dtr against itself: the spread
     uv run python scripts/bench.py --quick    # smoke run (< 2 min), prints only
