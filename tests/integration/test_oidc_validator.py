@@ -129,10 +129,13 @@ async def test_time_window(op: OpenIDProvider, providers: Providers) -> None:
 
 
 async def test_a_short_lived_token_expires(op: OpenIDProvider, providers: Providers) -> None:
-    token = op.workload_token(WORKLOAD, "dtr", ttl=1)
+    # exp is whole seconds after a whole-second iat: a 1 s token can be expired when first
+    # checked, so it lives 3 s (at least 2) and the test waits until its exp has passed
+    token = op.workload_token(WORKLOAD, "dtr", ttl=3)
     provider = providers.get(op.issuer)
     await provider.verify_id_token(token, audience="dtr")
-    time.sleep(2.1)
+    expires = json.loads(_unb64(token.split(".")[1]))["exp"]
+    time.sleep(max(0.0, expires - time.time()) + 0.1)
     await refused(provider, token, "expired")
 
 
