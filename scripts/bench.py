@@ -897,6 +897,10 @@ class Mode:
     markers: tuple[str, str]
 
 
+PAIR_RSS = ("Sampled every 50 ms during each blob case; each server is the `dtr serve` "
+            "parent plus its granian workers and its audit relay.")
+"""How RSS is sampled when both servers are dtr (``--compare auth`` and ``same``)."""
+
 MODES = {
     "distribution": Mode(
         kinds=KINDS, names={"dtr": "dtr", "distribution": "distribution"},
@@ -921,8 +925,7 @@ MODES = {
                    "20%** (ratios below are in bold). The auth-on client fetches one token "
                    "per repository inside the first request that needs it, over that "
                    "request's connection, and reuses it for 240 s, like a Docker client.",
-        rss_text="Sampled every 50 ms during each blob case; each server is the `dtr serve` "
-                 "parent plus its granian workers and its audit relay.",
+        rss_text=PAIR_RSS,
         titles={"fs": "embedded (SQLite + filesystem), auth on vs off",
                 "s3": "PostgreSQL + MinIO (one database and bucket each), auth on vs off"},
         markers=(BEGIN_AUTH, END_AUTH)),
@@ -936,8 +939,7 @@ MODES = {
                    "p99 latency. Any distance from 1.0 is the benchmark's spread on this "
                    "machine, not a difference between the servers (ratios below 0.90 are in "
                    "bold).",
-        rss_text="Sampled every 50 ms during each blob case; each server is the `dtr serve` "
-                 "parent plus its granian workers and its audit relay.",
+        rss_text=PAIR_RSS,
         titles={"fs": "embedded (SQLite + filesystem), A vs B",
                 "s3": "PostgreSQL + MinIO (one database and bucket each), A vs B"},
         markers=(BEGIN_SAME, END_SAME)),

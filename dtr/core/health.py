@@ -67,11 +67,10 @@ class HealthService:
         self.timeout = timeout
 
     async def check(self) -> Health:
-        """Check every dependency now."""
-        names = ("database", "storage")
-        results = await asyncio.gather(self._timed("database", self._database()),
-                                       self._timed("storage", self._storage()))
-        return Health(dict(zip(names, results, strict=True)))
+        """Check every dependency now, all at once."""
+        probes = {"database": self._database(), "storage": self._storage()}
+        results = await asyncio.gather(*(self._timed(n, p) for n, p in probes.items()))
+        return Health(dict(zip(probes, results, strict=True)))
 
     async def _database(self) -> None:
         await self.store.run(_select_one, write=False)
