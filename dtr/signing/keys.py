@@ -9,13 +9,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -164,14 +167,42 @@ class ChainError(ValueError):
         self.expired = expired
 
 
+@contextmanager
+def _zero_serials_tolerated() -> Iterator[None]:
+    """Parse certificates whose serial number is zero without cryptography's warning.
+
+    ``notation cert generate-test`` draws serials from 0-199 (Go's x509 accepts 0), and
+    notation verifies with such certificates; so does dtr. cryptography parses them but
+    warns that RFC 5280 forbids it. Only that warning is silenced, and only while parsing.
+    ``catch_warnings`` is process-wide: should two threads overlap, the worst outcome is
+    this one narrow filter staying installed.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Parsed a serial number which wasn't positive",
+                                CryptographyDeprecationWarning)
+        yield
+
+
 def load_certificates(pem: bytes | str) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle; raises ``KeyMaterialError`` if there is none."""
     data = pem.encode() if isinstance(pem, str) else pem
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        with _zero_serials_tolerated():
+            certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise KeyMaterialError(f"not a PEM certificate bundle: {exc}") from None
     return certs
+
+
+def load_der_certificates(ders: Iterable[bytes]) -> list[x509.Certificate]:
+    """The DER certificates of a signature's chain, in order; raises ``KeyMaterialError``
+    at the first that does not parse.
+    """
+    try:
+        with _zero_serials_tolerated():
+            return [x509.load_der_x509_certificate(der) for der in ders]
+    except ValueError as exc:
+        raise KeyMaterialError(f"not a DER certificate: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

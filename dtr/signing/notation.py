@@ -16,7 +16,15 @@ from typing import Any
 import cbor2
 from cryptography import x509
 
-from dtr.signing.keys import JOSE_ALGS, ChainError, TrustStore, alg_for_key, verify_jose
+from dtr.signing.keys import (
+    JOSE_ALGS,
+    ChainError,
+    KeyMaterialError,
+    TrustStore,
+    alg_for_key,
+    load_der_certificates,
+    verify_jose,
+)
 from dtr.signing.verdict import (
     BlobSource,
     Format,
@@ -241,8 +249,8 @@ def _certificates(ders: Sequence[bytes]) -> list[x509.Certificate]:
     if not ders:
         raise Refused(Reason.MALFORMED, "envelope carries no certificate chain")
     try:
-        return [x509.load_der_x509_certificate(der) for der in ders]
-    except ValueError:
+        return load_der_certificates(ders)
+    except KeyMaterialError:
         raise Refused(Reason.MALFORMED, "envelope certificate is not valid DER") from None
 
 

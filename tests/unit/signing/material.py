@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dtr.signing import cosign, notation
@@ -155,9 +157,16 @@ def certificate(subject: x509.Name, key: PrivateKey, issuer: x509.Name,
                 eku: list[x509.ObjectIdentifier] | None = None,
                 not_before: dt.datetime = NOW - dt.timedelta(days=1),
                 not_after: dt.datetime = NOW + dt.timedelta(days=30),
-                hash_alg: hashes.HashAlgorithm | None = None) -> x509.Certificate:
+                hash_alg: hashes.HashAlgorithm | None = None,
+                serial: int | None = None) -> x509.Certificate:
+    if serial == 0:
+        return _serial_zero(certificate(subject, key, issuer, issuer_key, ca=ca, ku=ku,
+                                        ku_critical=ku_critical, bc_critical=bc_critical,
+                                        eku=eku, not_before=not_before, not_after=not_after,
+                                        serial=1), issuer_key)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .public_key(key.public_key())
+               .serial_number(serial or x509.random_serial_number())
                .not_valid_before(not_before).not_valid_after(not_after)
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
                               critical=bc_critical))
@@ -169,6 +178,23 @@ def certificate(subject: x509.Name, key: PrivateKey, issuer: x509.Name,
     if isinstance(issuer_key, ed25519.Ed25519PrivateKey):
         return builder.sign(issuer_key, None)
     return builder.sign(issuer_key, hash_alg or hashes.SHA256())
+
+
+def _serial_zero(cert: x509.Certificate, issuer_key: PrivateKey) -> x509.Certificate:
+    """``cert`` (serial 1, RSA-signed) re-issued with serial 0, as ``notation cert
+    generate-test`` does one time in 200; cryptography's builder refuses to make one."""
+    assert isinstance(issuer_key, rsa.RSAPrivateKey)
+    assert cert.serial_number == 1
+    serial_one = bytes.fromhex("a003020102020101")  # version v3, then INTEGER 1
+    tbs = cert.tbs_certificate_bytes
+    assert tbs.count(serial_one) == 1
+    tbs_zero = tbs.replace(serial_one, serial_one[:-1] + b"\0")
+    signature = issuer_key.sign(tbs_zero, padding.PKCS1v15(), hashes.SHA256())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    with warnings.catch_warnings():  # cryptography warns that RFC 5280 forbids serial 0
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(
+            der.replace(tbs, tbs_zero).replace(cert.signature, signature))
 
 
 @dataclass
@@ -251,7 +277,8 @@ COSE_ALG_IDS = {v: k for k, v in notation.COSE_ALGS.items()}
 
 
 def cose(material: Pki, payload: bytes | None = None, *, alg: str | None = None,
-         header: dict[Any, Any] | None = None, tag: int = 18) -> bytes:
+         header: dict[Any, Any] | None = None, tag: int = 18,
+         chain: list[x509.Certificate] | None = None) -> bytes:
     """A notation COSE_Sign1 envelope signed by the leaf key."""
     alg = alg or default_alg(material.leaf_key)
     protected_map: dict[Any, Any] = {
@@ -263,7 +290,8 @@ def cose(material: Pki, payload: bytes | None = None, *, alg: str | None = None,
     body = payload or target()
     signature = jose_sign(material.leaf_key, alg,
                           cbor2.dumps(["Signature1", protected, b"", body]))
-    x5chain = [c.public_bytes(serialization.Encoding.DER) for c in material.chain]
+    x5chain = [c.public_bytes(serialization.Encoding.DER)
+               for c in (chain if chain is not None else material.chain)]
     return cbor2.dumps(cbor2.CBORTag(tag, [protected, {33: x5chain}, body, signature]))
 
 

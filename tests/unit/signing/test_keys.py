@@ -18,6 +18,8 @@ from dtr.signing.keys import (
     TrustedKey,
     TrustStore,
     alg_for_key,
+    load_certificates,
+    load_der_certificates,
     verify_cosign,
     verify_jose,
 )
@@ -117,6 +119,20 @@ def test_self_signed_leaf_in_store_verifies() -> None:
                        eku=[ExtendedKeyUsageOID.CODE_SIGNING])
     store = TrustStore.from_pem("test", [cert.public_bytes(serialization.Encoding.PEM)])
     assert store.verify_chain([cert], NOW) == [cert]
+
+
+def test_serial_zero_self_signed_leaf_loads_and_verifies() -> None:
+    """``notation cert generate-test`` draws serials from 0-199; notation trusts serial 0,
+    and loading one must not warn (the test suite turns warnings into errors)."""
+    key = new_key("rsa2048")
+    cert = certificate(name("test"), key, name("test"), key, ca=False,
+                       eku=[ExtendedKeyUsageOID.CODE_SIGNING], serial=0)
+    pem, der = (cert.public_bytes(e) for e in (serialization.Encoding.PEM,
+                                                  serialization.Encoding.DER))
+    assert bytes.fromhex("a003020102020100") in der  # version v3, then serial INTEGER 0
+    store = TrustStore.from_pem("test", [pem])
+    assert store.verify_chain(load_certificates(pem), NOW) == [cert]
+    assert load_der_certificates([der]) == [cert]
 
 
 def test_chain_to_another_root_is_refused() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from dtr.signing import notation
 from dtr.signing.keys import TrustStore
@@ -22,8 +23,11 @@ from tests.unit.signing.material import (
     SUBJECT,
     SUBJECT_DESC,
     Blobs,
+    Pki,
+    certificate,
     cose,
     jws,
+    name,
     new_key,
     notation_manifest,
     pki,
@@ -142,6 +146,19 @@ def test_expired_certificate_is_expired() -> None:
     verdict = verify(notation_manifest(blobs, jws(material)), SUBJECT, blobs,
                      trust(material), now=NOW)
     assert verdict.reason == Reason.EXPIRED
+
+
+def test_serial_zero_certificate_from_generate_test() -> None:
+    """``notation cert generate-test`` gives serial 0 one time in 200; notation trusts it."""
+    key = new_key("rsa2048")
+    cert = certificate(name("test"), key, name("test"), key, ca=False,
+                       eku=[ExtendedKeyUsageOID.CODE_SIGNING], serial=0)
+    material, blobs = Pki(cert, cert, cert, key), Blobs()
+    for envelope, media_type in ((jws(material, chain=[cert]), notation.JWS),
+                                 (cose(material, chain=[cert]), notation.COSE)):
+        verdict = verify(notation_manifest(blobs, envelope, media_type=media_type), SUBJECT,
+                         blobs, trust(material), now=NOW)
+        assert verdict.trusted, verdict
 
 
 def test_tampered_envelope_bytes() -> None:
