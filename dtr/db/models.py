@@ -388,7 +388,9 @@ class SignatureRecord(Base):
     repository, and its verdict: ``valid`` = cryptographically valid for a key / identity
     of the policy (``signer`` = key id or certificate subject); the key's status decides
     whether it counts. ``first_verified_at`` is the registry's receipt time (the
-    retired-key rule); ``policy_version`` is the global version the verdict was made under.
+    retired-key rule); ``policy_version`` is the global version the verdict was made under;
+    ``certificate_chain`` is a notation signature's chain (PEM, leaf first), kept when only
+    the trust check could fail, so that a trust-store edit checks it again at once.
     """
 
     __tablename__ = "signing_signature"
@@ -405,6 +407,7 @@ class SignatureRecord(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     policy_version: Mapped[int] = mapped_column(BigInteger, default=0)
     first_verified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    certificate_chain: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("repository_id", "signature_digest", "subject_digest", "position",

@@ -25,6 +25,7 @@ refused reads here, in one of their own.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import threading
@@ -40,6 +41,7 @@ from dtr.db.database import Database
 from dtr.db.models import Manifest, Repository, SignatureRecord, Tag, TrustState
 from dtr.errors import Denied
 from dtr.signing import trust
+from dtr.signing.notation import recheck
 from dtr.signing.policy import LoadedPolicy, PolicySet, current_version, load
 from dtr.signing.trust import REVOKED, TRUSTED, GateReason
 from dtr.signing.verdict import Verdict
@@ -142,10 +144,13 @@ class SigningGate:
         self._local = threading.local()  # (transaction, policy set) last read on a thread
 
     # -- policies ---------------------------------------------------------------------
-    async def policies(self) -> PolicySet:
-        """The policy set, reloaded when older than ``cache_seconds`` and changed."""
+    async def policies(self, *, fresh: bool = False) -> PolicySet:
+        """The policy set, reloaded when older than ``cache_seconds`` (or ``fresh``) and
+        changed.
+        """
         cache = self._cache
-        if cache is not None and time.monotonic() - cache.loaded_at < self.cache_seconds:
+        if not fresh and cache is not None \
+                and time.monotonic() - cache.loaded_at < self.cache_seconds:
             return cache
         version = await self.db.run(current_version, write=False)
         if cache is not None and cache.version == version:
@@ -182,15 +187,22 @@ class SigningGate:
         policy = policies.covering(write.repository)
         if policy is None or policy.broken:
             return None
+        subject = signature_subject(write)
+        gated = [t for t in write.tags if not self._exempt_tag(t, write)]
+        if gated and subject is None:
+            # which stored verdicts are stale is decided against the current version, so
+            # a tag write right after a policy edit verifies them again
+            policies = await self.policies(fresh=True)
+            policy = policies.covering(write.repository)
+            if policy is None or policy.broken:
+                return None
         prepared = Prepared(policies.version, policy.id)
         material = policy.material
-        subject = signature_subject(write)
         if subject is not None:
             source = await _prefetch(write.content, blobs)
             verdicts = await asyncio.to_thread(verify_all, write.content, subject, source,
                                                material)
             prepared.verdicts.append((write.digest, subject, verdicts))
-        gated = [t for t in write.tags if not self._exempt_tag(t, write)]
         if gated and subject is None:
             targets = [write.digest]
             if policy.require_children_signed:
@@ -217,9 +229,15 @@ class SigningGate:
             return
         subjects: list[str] = []
         if isinstance(prepared, Prepared) and prepared.policy_id == policy.id:
-            for sig_digest, subject, verdicts in prepared.verdicts:
+            now = dt.datetime.now(dt.UTC)
+            for sig_digest, subject, made in prepared.verdicts:
+                # if the policy changed since they were made, the notation chains are
+                # checked against the stores of now; stored at the version that made them,
+                # every verdict is verified again at the next tag write
+                verdicts = made if prepared.version == version else [
+                    recheck(v, policy.notation, now) for v in made]
                 trust.store_verdicts(session, rid, write.repository, sig_digest, subject,
-                                     verdicts, version, self.hooks.emit)
+                                     verdicts, prepared.version, self.hooks.emit)
                 subjects.append(subject)
         if signature_subject(write) is None and not _is_referrers_index(write):
             subjects.append(write.digest)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cbor2
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from dtr.signing.keys import (
     JOSE_ALGS,
@@ -22,6 +23,7 @@ from dtr.signing.keys import (
     KeyMaterialError,
     TrustStore,
     alg_for_key,
+    load_certificates,
     load_der_certificates,
     verify_jose,
 )
@@ -166,21 +168,72 @@ def verify_notation(manifest: dict[str, Any], subject: str, blobs: BlobSource,
     try:
         data = read_blob(blobs, layers[0], cap=ENVELOPE_CAP)  # type: ignore[index]
         envelope = _parse_jws(data) if kind == JWS else _parse_cose(data)
-        identity = _check(envelope, manifest.get("subject"), subject, policies, now)
+        _check_signed(envelope)
+        chain = chain_pem(envelope.chain)
+        try:
+            identity = _trusted(envelope.chain, policies, now)
+        except Refused as untrusted:
+            try:
+                _check_claims(envelope, manifest.get("subject"), subject, now)
+            except Refused:
+                raise untrusted from None
+            return Verdict(False, fmt, subject, untrusted.reason, untrusted.message,
+                           chain_pem=chain)
+        _check_claims(envelope, manifest.get("subject"), subject, now)
     except Refused as refused:
         return Verdict(False, fmt, subject, refused.reason, refused.message)
-    return Verdict(True, fmt, subject, identity=identity, message=f"signed by {identity}")
+    return Verdict(True, fmt, subject, identity=identity, message=f"signed by {identity}",
+                   chain_pem=chain)
 
 
-def _check(envelope: _Envelope, descriptor: object, subject: str,
-           policies: Sequence[NotationPolicy], now: dt.datetime) -> str:
+def chain_pem(chain: Sequence[x509.Certificate]) -> str:
+    """A certificate chain as the PEM text a verdict keeps (leaf first)."""
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+
+
+def check_stored_chain(chain: str, policies: Sequence[NotationPolicy],
+                       at: dt.datetime) -> str:
+    """The leaf's identity if the chain a verdict kept (:func:`chain_pem`) chains, at
+    ``at``, to a trust store of ``policies`` whose trusted identities name the leaf;
+    otherwise raises :class:`Refused` (``UNTRUSTED_SIGNATURE`` or ``EXPIRED``, as
+    verification would). The envelope's own signature and claims are not checked again:
+    a trust-store edit cannot change them.
+    """
+    try:
+        certificates = load_certificates(chain)
+    except KeyMaterialError:
+        raise Refused(Reason.UNTRUSTED_SIGNATURE,
+                      "the stored certificate chain does not load") from None
+    return _trusted(certificates, policies, at)
+
+
+def recheck(verdict: Verdict, policies: Sequence[NotationPolicy], at: dt.datetime) -> Verdict:
+    """``verdict`` as the trust stores and identities of ``policies`` decide it at ``at``,
+    when it kept its chain (a notation verdict only the trust check could change: see
+    :attr:`Verdict.chain_pem`); any other verdict unchanged.
+    """
+    if verdict.chain_pem is None:
+        return verdict
+    try:
+        identity = check_stored_chain(verdict.chain_pem, policies, at)
+    except Refused as refused:
+        return replace(verdict, trusted=False, reason=refused.reason, message=refused.message,
+                       identity=None)
+    return replace(verdict, trusted=True, reason=None, message=f"signed by {identity}",
+                   identity=identity)
+
+
+def _check_signed(envelope: _Envelope) -> None:
     leaf = envelope.chain[0]
     if alg_for_key(leaf.public_key()) != envelope.alg:
         raise Refused(Reason.MALFORMED, f"alg {envelope.alg} does not match the leaf key")
     if not verify_jose(leaf.public_key(), envelope.alg, envelope.signature, envelope.signed):
         raise Refused(Reason.TAMPERED, "the signature does not verify under its own leaf "
                                        "certificate")
-    _trusted(envelope.chain, policies, now)
+
+
+def _check_claims(envelope: _Envelope, descriptor: object, subject: str,
+                  now: dt.datetime) -> None:
     if envelope.expiry is not None and envelope.expiry <= now:
         raise Refused(Reason.EXPIRED, f"signature expired at {envelope.expiry.isoformat()}")
     target = strict_json(envelope.payload, "notation payload").get("targetArtifact")
@@ -194,7 +247,6 @@ def _check(envelope: _Envelope, descriptor: object, subject: str,
             or target.get("size") != descriptor.get("size")):
         raise Refused(Reason.WRONG_SUBJECT,
                       "signed media type/size differ from the subject descriptor")
-    return leaf.subject.rfc4514_string()
 
 
 def _trusted(chain: list[x509.Certificate], policies: Sequence[NotationPolicy],

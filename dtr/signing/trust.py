@@ -19,8 +19,9 @@ from sqlalchemy import Connection, delete, insert, select, update
 from dtr.core.hooks import RegistryEvent
 from dtr.db.base import utcnow
 from dtr.db.models import Manifest, ManifestReference, Repository, SignatureRecord, Tag, TrustState
+from dtr.signing.notation import check_stored_chain
 from dtr.signing.policy import LoadedPolicy, PolicySet
-from dtr.signing.verdict import Reason, Verdict
+from dtr.signing.verdict import Reason, Refused, Verdict
 
 Emit = Callable[[Connection, RegistryEvent], None]
 QUARANTINED, TRUSTED, REVOKED = "QUARANTINED", "TRUSTED", "REVOKED"
@@ -207,7 +208,7 @@ def store_verdicts(conn: Connection, rid: int, repository: str, signature: str,
             position=position, format=v.format.value if v.format else None, signer=signer,
             valid=v.trusted, reason=v.reason.value if v.reason else None,
             message=v.message[:1000] or None, policy_version=version,
-            first_verified_at=first.get(position, when)))
+            first_verified_at=first.get(position, when), certificate_chain=v.chain_pem))
         if position in first:
             continue
         action = ("signature.accepted" if v.trusted else
@@ -255,14 +256,74 @@ def recompute_signer(conn: Connection, policies: PolicySet, signer: str,
     return changed
 
 
+def recheck_notation(conn: Connection, policies: PolicySet, policy_id: int,
+                     emit: Emit) -> None:
+    """Check again, against the current trust stores and identities of the policy
+    ``policy_id``, the certificate chain of every notation verdict in the repositories it
+    governs that only the trust check could change (valid, or refused as
+    ``UNTRUSTED_SIGNATURE`` or ``EXPIRED`` with its chain kept), at the verdict's first
+    verification time. A verdict whose validity flips is stored at the current version
+    and recorded (``signature.rejected`` or ``signature.accepted`` with ``recheck``).
+
+    A valid verdict kept without a chain (stored before dtr kept chains) stops counting,
+    failing closed: it keeps its old policy version, so its digest's next tag write
+    verifies it again from the envelope.
+    """
+    rows = conn.execute(
+        select(SignatureRecord.id, SignatureRecord.repository_id, Repository.name,
+               SignatureRecord.subject_digest, SignatureRecord.signature_digest,
+               SignatureRecord.format, SignatureRecord.signer, SignatureRecord.valid,
+               SignatureRecord.certificate_chain, SignatureRecord.first_verified_at)
+        .join(Repository, Repository.id == SignatureRecord.repository_id)
+        .where(SignatureRecord.format.like("notation%"),
+               SignatureRecord.valid.is_(True) | (
+                   SignatureRecord.certificate_chain.is_not(None)
+                   & SignatureRecord.reason.in_((Reason.UNTRUSTED_SIGNATURE,
+                                                 Reason.EXPIRED))))
+        .order_by(SignatureRecord.id)).all()
+    for row in rows:
+        governing = policies.covering(row.name)
+        if governing is None or governing.id != policy_id:
+            continue
+        identity: str | None = row.signer
+        reason: Reason | None = None
+        values: dict[str, Any] = {"policy_version": policies.version}
+        if row.certificate_chain is None:
+            reason, message = Reason.UNTRUSTED_SIGNATURE, (
+                "verified before dtr kept certificate chains: the trust stores changed, so "
+                "it counts again once its digest's next tag write verifies it")
+            values = {}  # the old version: that tag write verifies it from the envelope
+        else:
+            try:
+                identity = check_stored_chain(row.certificate_chain, governing.notation,
+                                              row.first_verified_at)
+                message = f"signed by {identity}"
+            except Refused as refused:
+                reason, message = refused.reason, refused.message
+        values.update(valid=reason is None, signer=identity,
+                      reason=reason.value if reason else None, message=message[:1000])
+        conn.execute(update(SignatureRecord).where(SignatureRecord.id == row.id)
+                     .values(**values))
+        if bool(row.valid) != (reason is None):
+            emit(conn, RegistryEvent(
+                "signature.accepted" if reason is None else "signature.rejected",
+                row.name, row.subject_digest, detail={
+                    "signature": row.signature_digest, "format": row.format,
+                    "keyId": None, "identity": identity,
+                    "reason": reason.value if reason else None, "message": message,
+                    "recheck": True}))
+
+
 def recompute_policy(conn: Connection, policies: PolicySet, policy_id: int,
                      emit: Emit) -> list[str]:
     """Recompute, from the stored verdicts, every digest with a trust state in the
     repositories the policy ``policy_id`` governs (after an edit of who counts:
-    ``min_signatures``, ``formats``, ``require_children_signed``, trust stores). Drops
-    emit ``trust.revoked`` like a key revocation. Returns ``<repository>@<digest>`` of
-    those whose state changed.
+    ``min_signatures``, ``formats``, ``require_children_signed``, trust stores; notation
+    verdicts are checked against the trust stores again first, :func:`recheck_notation`).
+    Drops emit ``trust.revoked`` like a key revocation. Returns ``<repository>@<digest>``
+    of those whose state changed.
     """
+    recheck_notation(conn, policies, policy_id, emit)
     rows = conn.execute(
         select(TrustState.repository_id, Repository.name, TrustState.digest)
         .join(Repository, Repository.id == TrustState.repository_id)

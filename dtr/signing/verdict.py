@@ -66,6 +66,10 @@ class Verdict:
     message: str = ""
     key_id: str | None = None
     identity: str | None = None
+    chain_pem: str | None = None
+    """notation: the envelope's certificate chain (PEM, leaf first) when every check but
+    the trust one passed (trusted, or refused only for its chain or identity), so that an
+    edit of the trust stores can check the chain again without the envelope."""
 
 
 class BlobSource(Protocol):

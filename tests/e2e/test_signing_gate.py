@@ -361,3 +361,45 @@ def test_quarantined_reads_follow_push_permission_not_user_agent(
         r = http.get(f"/v2/{PROD}/manifests/{digest}", headers={
             **accept, "User-Agent": "curl/8", "Authorization": f"Bearer {releaser}"})
         assert r.status_code == 200, r.text
+
+
+def test_replacing_the_notation_trust_store_blocks_tag_pulls(gate: Gate) -> None:
+    """A real notation signature stops counting the moment its root leaves the policy's
+    trust store, and counts again when the root is back (no re-push, no re-sign)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from dtr.app import signing_policies  # noqa: PLC0415
+    from dtr.signing.policy import TrustStoreSpec  # noqa: PLC0415
+
+    digest = gate.to_prod("store")
+    gate.run("notation", "sign", "--insecure-registry", f"{gate.reg}/{PROD}@{digest}")
+    rc, out = gate.tag(digest, "store")
+    assert rc == 0, out
+    gate.run("notation", "cert", "generate-test", "dtr-gate-other")
+    ca = gate.tools.home / ".config" / "notation" / "truststore" / "x509" / "ca"
+    [other] = list((ca / "dtr-gate-other").iterdir())
+    settings = load_settings(env=gate.server.env)
+    [spec] = signing_policies(settings.signing)
+
+    async def stores(*roots: TrustStoreSpec) -> None:
+        registry = build_registry(settings)
+        try:
+            await signing_service(registry).upsert(replace(spec, trust_stores=roots))
+        finally:
+            await close_registry(registry)
+
+    def pull() -> httpx.Response:
+        with httpx.Client(base_url=gate.server.url, timeout=30) as http:
+            return http.get(f"/v2/{PROD}/manifests/store", headers={
+                "Accept": "application/vnd.oci.image.manifest.v1+json"})
+
+    assert pull().status_code == 200
+    asyncio.run(stores(TrustStoreSpec("dtr-gate", other.read_text())))
+    r = pull()
+    assert r.status_code == 403, r.text
+    assert r.json()["errors"][0]["detail"]["reason"] == "SIGNATURE_REVOKED"
+    rc, out = gate.run("crane", "manifest", f"{gate.reg}/{PROD}:store", check=False)
+    assert rc != 0
+    assert "revoked" in out, out
+    asyncio.run(stores(*spec.trust_stores))
+    assert pull().status_code == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,16 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 
 from dtr.app import build_registry, close_registry, create_app, signing_service
 from dtr.config import Settings
 from dtr.core.hooks import RegistryEvent
-from dtr.signing import cosign
+from dtr.db.models import SignatureRecord
+from dtr.signing import cosign, notation
 from dtr.signing import gate as gate_module
 from dtr.signing.keys import TrustedKey
+from dtr.signing.policy import TrustStoreSpec
 from tests.conftest import make_settings
 from tests.support.oci import OCI_INDEX, OCI_MANIFEST, OciClient, sha256
 from tests.unit.signing import material as m
@@ -648,3 +651,130 @@ def test_replicas_seeding_at_once_both_succeed(tmp_path: Path, db_url: str,
     loaded = asyncio.run(go())
     assert loaded.version == 1
     assert [p.name for p in loaded.policies] == ["prod-signing"]
+
+
+# -- notation trust stores: an edit checks the stored chains again ---------------------------
+def notation_referrer(oci: OciClient, repo: str, material: m.Pki, subject: str,
+                      size: int) -> str:
+    """Push a notation JWS signature referrer of ``subject``; return its digest."""
+    described = {"mediaType": OCI_MANIFEST, "digest": subject, "size": size}
+    envelope = m.jws(material, m.target(described))
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": notation.NOTARY_SIGNATURE,
+        "config": {"mediaType": m.EMPTY, **push_blob_bytes(oci, repo, EMPTY)},
+        "layers": [{"mediaType": notation.JWS, **push_blob_bytes(oci, repo, envelope)}],
+        "subject": described}).encode()
+    r = oci.put_manifest(repo, sha256(body), body)
+    assert r.status_code == 201, r.text
+    return sha256(body)
+
+
+def _store(*roots: m.Pki, identity: str = "*") -> dict[str, Any]:
+    """``trust_stores=`` for :func:`_upsert`: one store ``roots`` of ``roots``."""
+    pem = b"".join(r.pem() for r in roots).decode()
+    return {"trust_stores": (TrustStoreSpec("roots", pem, (identity,)),)}
+
+
+@pytest.fixture
+def notary(tmp_path: Path, db_url: str, keys: dict[str, m.PrivateKey]
+           ) -> Iterator[tuple[TestClient[Any], Settings, Recorder, m.Pki, m.Pki]]:
+    """A gated registry whose policy trusts one notation root (``ours``) and not another
+    (``theirs``), both valid now."""
+    now = dt.datetime.now(dt.UTC)
+    ours, theirs = m.pki(at=now), m.pki(at=now)
+    settings = gated(tmp_path, db_url, keys, trust_stores=[
+        {"name": "roots", "roots_pem": ours.pem().decode()}])
+    recorder = Recorder()
+    with TestClient(create_app(settings)) as c:
+        c.app.state.registry.store.hooks.sinks.append(recorder)
+        yield c, settings, recorder, ours, theirs
+
+
+def test_a_trust_store_edit_checks_stored_notation_signatures_again(
+        notary: tuple[TestClient[Any], Settings, Recorder, m.Pki, m.Pki]) -> None:
+    client, settings, events, ours, theirs = notary
+    oci = OciClient(client)
+    digest, body = by_digest(oci, REPO)
+    signature = notation_referrer(oci, REPO, ours, digest, len(body))
+    assert oci.put_manifest(REPO, "1.0", body).status_code == 201
+    # the root is replaced: the stored signature no longer chains, the digest drops at once
+    _upsert(settings, events, **_store(theirs))
+    [rejected] = [e for e in events.events if e.action == "signature.rejected"]
+    assert (rejected.digest, rejected.detail["signature"], rejected.detail["reason"],
+            rejected.detail["recheck"]) == (digest, signature, "UNTRUSTED_SIGNATURE", True)
+    [revoked] = [e for e in events.events if e.action == "trust.revoked"]
+    assert (revoked.digest, revoked.detail["tags"]) == (digest, ["1.0"])
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    # trusting the root again trusts the digest again, without a re-push or re-sign
+    _upsert(settings, events, **_store(theirs, ours))
+    assert [e.detail["recheck"] for e in events.events
+            if e.action == "signature.accepted" and e.detail.get("recheck")] == [True]
+    assert client.get(f"/v2/{REPO}/manifests/1.0").status_code == 200
+    # the same root, but an identity the leaf does not have: refused again
+    _upsert(settings, events, **_store(ours, identity="x509.subject: C=US, ST=WA, O=Other"))
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    assert [e.detail["reason"] for e in events.events
+            if e.action == "signature.rejected"][-1] == "UNTRUSTED_SIGNATURE"
+    # an edit of something else checks nothing again
+    def decisions() -> int:
+        return len([e for e in events.events
+                    if e.action.startswith(("trust.", "manifest.", "signature."))])
+
+    before = decisions()
+    _upsert(settings, events, mode="audit",
+            **_store(ours, identity="x509.subject: C=US, ST=WA, O=Other"))
+    assert decisions() == before
+
+
+def test_a_verdict_kept_without_its_chain_fails_closed_until_the_next_tag_write(
+        notary: tuple[TestClient[Any], Settings, Recorder, m.Pki, m.Pki]) -> None:
+    """Verdicts stored before dtr kept chains (migration 0006) cannot be checked again."""
+    client, settings, events, ours, theirs = notary
+    oci = OciClient(client)
+    digest, body = by_digest(oci, REPO)
+    notation_referrer(oci, REPO, ours, digest, len(body))
+    assert oci.put_manifest(REPO, "1.0", body).status_code == 201
+
+    async def forget_chains() -> None:
+        registry = build_registry(settings)
+        try:
+            await registry.store.db.run(lambda c: c.execute(
+                update(SignatureRecord).values(certificate_chain=None)))
+        finally:
+            await close_registry(registry)
+
+    asyncio.run(forget_chains())
+    # a store that still trusts the signature: without its chain, it stops counting
+    _upsert(settings, events, **_store(ours, theirs))
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    # the next tag write verifies it again from the envelope, and it counts again
+    r = oci.put_manifest(REPO, "1.1", body)
+    assert r.status_code == 201, r.text
+    assert client.get(f"/v2/{REPO}/manifests/1.0").status_code == 200
+
+
+def test_a_signature_verified_under_a_replaced_store_does_not_count(
+        notary: tuple[TestClient[Any], Settings, Recorder, m.Pki, m.Pki]) -> None:
+    """A signature verified before the transaction with the policy set a worker cached,
+    committed after an edit replaced the store, is checked against the new store."""
+    client, settings, events, ours, theirs = notary
+    client.app.state.registry.store.hooks.gate.cache_seconds = 3600.0
+    oci = OciClient(client)
+    digest, body = by_digest(oci, REPO)
+    notation_referrer(oci, REPO, ours, digest, len(body))
+    assert oci.put_manifest(REPO, "1.0", body).status_code == 201
+    _upsert(settings, events, **_store(theirs))
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    # this worker still holds the old store in its cache: the new signature verifies
+    # against it before the transaction, and the transaction checks it against the new one
+    notation_referrer(oci, REPO, ours, digest, len(body))
+    assert denied(client.get(f"/v2/{REPO}/manifests/1.0"))["detail"]["reason"] == \
+        "SIGNATURE_REVOKED"
+    # one signed under the new store counts
+    notation_referrer(oci, REPO, theirs, digest, len(body))
+    assert client.get(f"/v2/{REPO}/manifests/1.0").status_code == 200

@@ -214,11 +214,19 @@ class Pki:
         return (cert or self.root).public_bytes(serialization.Encoding.PEM)
 
 
-def pki(leaf_kind: str = "rsa2048", *, leaf_cn: str = "signer", **leaf: Any) -> Pki:
+def pki(leaf_kind: str = "rsa2048", *, leaf_cn: str = "signer", at: dt.datetime = NOW,
+        **leaf: Any) -> Pki:
+    """root → intermediate → leaf, valid from a day before ``at`` to 30 days after (tests
+    that verify at the real time pass ``at=dt.datetime.now(dt.UTC)``)."""
+    window = {"not_before": at - dt.timedelta(days=1), "not_after": at + dt.timedelta(days=30)}
     root_key, inter_key, leaf_key = new_key("p384"), new_key("p256"), new_key(leaf_kind)
-    root = certificate(name("Root CA"), root_key, name("Root CA"), root_key, ca=True)
-    inter = certificate(name("Intermediate CA"), inter_key, root.subject, root_key, ca=True)
+    root = certificate(name("Root CA"), root_key, name("Root CA"), root_key, ca=True,
+                       **window)
+    inter = certificate(name("Intermediate CA"), inter_key, root.subject, root_key, ca=True,
+                        **window)
     leaf.setdefault("eku", [ExtendedKeyUsageOID.CODE_SIGNING])
+    for bound, when in window.items():
+        leaf.setdefault(bound, when)
     cert = certificate(name(leaf_cn), leaf_key, inter.subject, inter_key, ca=False, **leaf)
     return Pki(root, inter, cert, leaf_key)
 

@@ -13,9 +13,9 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from dtr.signing import notation
-from dtr.signing.keys import TrustStore
-from dtr.signing.notation import NotationPolicy, TrustedIdentity
-from dtr.signing.verdict import Format, Reason
+from dtr.signing.keys import TrustStore, load_certificates
+from dtr.signing.notation import NotationPolicy, TrustedIdentity, recheck
+from dtr.signing.verdict import Format, Reason, Verdict
 from dtr.signing.verify import TrustMaterial, verify
 from tests.unit.signing.material import (
     NOW,
@@ -159,6 +159,45 @@ def test_serial_zero_certificate_from_generate_test() -> None:
         verdict = verify(notation_manifest(blobs, envelope, media_type=media_type), SUBJECT,
                          blobs, trust(material), now=NOW)
         assert verdict.trusted, verdict
+
+
+def _verdict(envelope: bytes, material: TrustMaterial, subject: str = SUBJECT) -> Verdict:
+    blobs = Blobs()
+    return verify(notation_manifest(blobs, envelope), subject, blobs, material, now=NOW)
+
+
+def test_a_verdict_keeps_the_chain_when_only_trust_can_change() -> None:
+    """The chain is kept for a trusted verdict and one refused only for its chain or
+    identity (what a trust-store edit can change), never for any other refusal."""
+    trusted, untrusted = _verdict(jws(PKI), TRUST), _verdict(jws(PKI), trust(STRANGER))
+    assert untrusted.reason == Reason.UNTRUSTED_SIGNATURE
+    for verdict in (trusted, untrusted):
+        assert verdict.chain_pem is not None
+        assert load_certificates(verdict.chain_pem) == PKI.chain
+    # tampered, or untrusted but also over another subject: nothing to check again later
+    swapped = _verdict(_payload_swapped(), trust(STRANGER))
+    wrong = _verdict(jws(PKI, target({**SUBJECT_DESC, "digest": OTHER})), trust(STRANGER))
+    assert (swapped.reason, wrong.reason) == (Reason.TAMPERED, Reason.UNTRUSTED_SIGNATURE)
+    assert (swapped.chain_pem, wrong.chain_pem) == (None, None)
+
+
+def test_recheck_decides_a_kept_chain_by_the_stores_of_now() -> None:
+    trusted, untrusted = _verdict(jws(PKI), TRUST), _verdict(jws(PKI), trust(STRANGER))
+    stores, strangers = TRUST.notation, trust(STRANGER).notation
+    assert recheck(trusted, stores, NOW) == trusted
+    dropped = recheck(trusted, strangers, NOW)
+    assert (dropped.trusted, dropped.reason, dropped.identity) == \
+        (False, Reason.UNTRUSTED_SIGNATURE, None)
+    gained = recheck(untrusted, stores, NOW)
+    assert (gained.trusted, gained.reason, gained.identity) == \
+        (True, None, PKI.leaf.subject.rfc4514_string())
+    later = recheck(trusted, stores, NOW + dt.timedelta(days=60))
+    assert later.reason == Reason.EXPIRED
+    named = trust(PKI, (TrustedIdentity.parse("x509.subject: C=US, ST=WA, O=Other"),))
+    assert recheck(trusted, named.notation, NOW).reason == Reason.UNTRUSTED_SIGNATURE
+    # a verdict without a chain (cosign, or any other refusal) is left as it is
+    swapped = _verdict(_payload_swapped(), TRUST)
+    assert recheck(swapped, strangers, NOW) is swapped
 
 
 def test_tampered_envelope_bytes() -> None:
