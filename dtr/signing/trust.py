@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -19,9 +19,9 @@ from sqlalchemy import Connection, delete, insert, select, update
 from dtr.core.hooks import RegistryEvent
 from dtr.db.base import utcnow
 from dtr.db.models import Manifest, ManifestReference, Repository, SignatureRecord, Tag, TrustState
-from dtr.signing.notation import check_stored_chain
+from dtr.signing.notation import recheck
 from dtr.signing.policy import LoadedPolicy, PolicySet
-from dtr.signing.verdict import Reason, Refused, Verdict
+from dtr.signing.verdict import Format, Reason, Verdict
 
 Emit = Callable[[Connection, RegistryEvent], None]
 QUARANTINED, TRUSTED, REVOKED = "QUARANTINED", "TRUSTED", "REVOKED"
@@ -285,33 +285,30 @@ def recheck_notation(conn: Connection, policies: PolicySet, policy_id: int,
         governing = policies.covering(row.name)
         if governing is None or governing.id != policy_id:
             continue
-        identity: str | None = row.signer
-        reason: Reason | None = None
+        before = Verdict(bool(row.valid), Format(row.format), row.subject_digest,
+                         identity=row.signer, chain_pem=row.certificate_chain)
         values: dict[str, Any] = {"policy_version": policies.version}
         if row.certificate_chain is None:
-            reason, message = Reason.UNTRUSTED_SIGNATURE, (
-                "verified before dtr kept certificate chains: the trust stores changed, so "
-                "it counts again once its digest's next tag write verifies it")
+            after = replace(before, trusted=False, reason=Reason.UNTRUSTED_SIGNATURE,
+                            identity=None, message=(
+                                "verified before dtr kept certificate chains: the trust "
+                                "stores changed, so it counts again once its digest's next "
+                                "tag write verifies it"))
             values = {}  # the old version: that tag write verifies it from the envelope
         else:
-            try:
-                identity = check_stored_chain(row.certificate_chain, governing.notation,
-                                              row.first_verified_at)
-                message = f"signed by {identity}"
-            except Refused as refused:
-                reason, message = refused.reason, refused.message
-        values.update(valid=reason is None, signer=identity,
-                      reason=reason.value if reason else None, message=message[:1000])
-        conn.execute(update(SignatureRecord).where(SignatureRecord.id == row.id)
-                     .values(**values))
-        if bool(row.valid) != (reason is None):
+            after = recheck(before, governing.notation, row.first_verified_at)
+        conn.execute(update(SignatureRecord).where(SignatureRecord.id == row.id).values(
+            valid=after.trusted, signer=after.identity,
+            reason=after.reason.value if after.reason else None,
+            message=after.message[:1000] or None, **values))
+        if after.trusted != before.trusted:
             emit(conn, RegistryEvent(
-                "signature.accepted" if reason is None else "signature.rejected",
+                "signature.accepted" if after.trusted else "signature.rejected",
                 row.name, row.subject_digest, detail={
-                    "signature": row.signature_digest, "format": row.format,
-                    "keyId": None, "identity": identity,
-                    "reason": reason.value if reason else None, "message": message,
-                    "recheck": True}))
+                    "signature": row.signature_digest, "format": row.format, "keyId": None,
+                    "identity": after.identity or before.identity,
+                    "reason": after.reason.value if after.reason else None,
+                    "message": after.message, "recheck": True}))
 
 
 def recompute_policy(conn: Connection, policies: PolicySet, policy_id: int,
