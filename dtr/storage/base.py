@@ -21,6 +21,9 @@ from typing import Protocol, runtime_checkable
 
 #: Size of the buffers drivers read and write in (1 MiB).
 CHUNK = 1024 * 1024
+#: The largest chunk a reader yields (2 MiB): a driver may read files in pieces of twice
+#: :data:`CHUNK`, which streams a big blob with fewer hand-overs (``dtr.storage.filesystem``).
+READ_CHUNK = 2 * CHUNK
 
 
 class StorageError(Exception):
@@ -101,7 +104,7 @@ class StorageDriver(Protocol):
 
         The object is opened before this coroutine returns, so a missing object raises
         here, not on the first ``__anext__``. ``length`` None reads to the end; chunks are
-        at most :data:`CHUNK` bytes. An offset at or past the end yields nothing.
+        at most :data:`READ_CHUNK` bytes. An offset at or past the end yields nothing.
 
         Raises:
             PathNotFound: no object there.

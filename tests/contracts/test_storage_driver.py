@@ -25,6 +25,7 @@ import pytest
 
 from dtr.storage.base import (
     CHUNK,
+    READ_CHUNK,
     AppendableDriver,
     InvalidPath,
     ObjectInfo,
@@ -142,7 +143,7 @@ async def read_all(drv: StorageDriver, path: str, offset: int = 0,
                    length: int | None = None) -> bytes:
     out = []
     async for chunk in await drv.reader(path, offset, length):
-        assert 0 < len(chunk) <= CHUNK
+        assert 0 < len(chunk) <= READ_CHUNK
         out.append(chunk)
     return b"".join(out)
 
@@ -224,7 +225,8 @@ async def test_offset_and_length_reads(driver: StorageDriver) -> None:
     size = 3 * MIB + 17
     data = blob(size, 3)
     await driver.put_bytes("r", data)
-    cases = [(0, None), (10, None), (10, 100), (CHUNK - 1, CHUNK + 2), (size - 5, 100),
+    cases = [(0, None), (10, None), (10, 100), (CHUNK - 1, CHUNK + 2),
+             (READ_CHUNK - 1, READ_CHUNK + 2), (READ_CHUNK + 1, None), (size - 5, 100),
              (size - 1, None), (size, None), (size + 10, None), (size + 10, 5), (0, 0),
              (7, 0), (0, size), (0, size + 100)]
     for offset, length in cases:
