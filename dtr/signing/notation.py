@@ -191,31 +191,22 @@ def chain_pem(chain: Sequence[x509.Certificate]) -> str:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
 
 
-def check_stored_chain(chain: str, policies: Sequence[NotationPolicy],
-                       at: dt.datetime) -> str:
-    """The leaf's identity if the chain a verdict kept (:func:`chain_pem`) chains, at
-    ``at``, to a trust store of ``policies`` whose trusted identities name the leaf;
-    otherwise raises :class:`Refused` (``UNTRUSTED_SIGNATURE`` or ``EXPIRED``, as
-    verification would). The envelope's own signature and claims are not checked again:
-    a trust-store edit cannot change them.
-    """
-    try:
-        certificates = load_certificates(chain)
-    except KeyMaterialError:
-        raise Refused(Reason.UNTRUSTED_SIGNATURE,
-                      "the stored certificate chain does not load") from None
-    return _trusted(certificates, policies, at)
-
-
 def recheck(verdict: Verdict, policies: Sequence[NotationPolicy], at: dt.datetime) -> Verdict:
     """``verdict`` as the trust stores and identities of ``policies`` decide it at ``at``,
     when it kept its chain (a notation verdict only the trust check could change: see
-    :attr:`Verdict.chain_pem`); any other verdict unchanged.
+    :attr:`Verdict.chain_pem`); any other verdict unchanged. Only the chain and the leaf's
+    identity are checked again (``UNTRUSTED_SIGNATURE`` or ``EXPIRED``, as verification
+    would decide): a trust-store edit cannot change the envelope's signature or claims.
     """
     if verdict.chain_pem is None:
         return verdict
     try:
-        identity = check_stored_chain(verdict.chain_pem, policies, at)
+        try:
+            certificates = load_certificates(verdict.chain_pem)
+        except KeyMaterialError:
+            raise Refused(Reason.UNTRUSTED_SIGNATURE,
+                          "the stored certificate chain does not load") from None
+        identity = _trusted(certificates, policies, at)
     except Refused as refused:
         return replace(verdict, trusted=False, reason=refused.reason, message=refused.message,
                        identity=None)

@@ -76,13 +76,6 @@ _KICK = 2 * CHUNK
 #: within a core's L2 cache (1 MiB here), so hashing then copying a batch reads it from
 #: cache, not memory: 4 MiB batches cost 0.7-2 ms/MB more CPU (see the module docstring).
 _BATCH = CHUNK
-#: Bytes read from a file per hop to a worker thread when a blob is streamed (a big pull,
-#: a range): :data:`READ_CHUNK`. Measured on 30 November, one pull at a time, new
-#: connection each, eight rounds alternating: 1 GiB blobs 3,609 MB/s at 0.284 ms of CPU per
-#: MB with 1 MiB reads against 4,309 at 0.242 with 2 MiB; 512 MiB 3,472 at 0.293 against
-#: 3,844 at 0.261; 3 MiB reads no faster than 2 MiB and dearer (0.270). 4 MiB and more
-#: would come from mmap (``dtr.app``'s malloc threshold): a page fault per 4 KiB read.
-_READ = READ_CHUNK
 #: Pieces smaller than this are joined with their small neighbours (bounds the number of
 #: pieces in a batch when a client sends many tiny ones; the server's are ~400 KiB).
 _SMALL = 64 * 1024
@@ -624,7 +617,13 @@ class FilesystemDriver:
         remaining = length
         try:
             while remaining is None or remaining > 0:
-                want = _READ if remaining is None else min(_READ, remaining)
+                # READ_CHUNK per hop to a thread. Measured on 30 November, one pull at a
+                # time, new connection each, eight rounds alternating: 1 GiB blobs 3,609
+                # MB/s at 0.284 ms of CPU per MB with 1 MiB reads against 4,309 at 0.242
+                # with 2 MiB; 512 MiB 3,472 at 0.293 against 3,844 at 0.261; 3 MiB no faster
+                # and dearer (0.270). 4 MiB and more would come from mmap (``dtr.app``'s
+                # malloc threshold): a page fault per 4 KiB read.
+                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
                 data = await self._run(fh.read, want)
                 if not data:
                     return
