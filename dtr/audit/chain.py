@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -183,7 +184,7 @@ _MARKS: dict[str, Callable[[int], str]] = {
     "qmark": lambda i: "?", "format": lambda i: "%s", "numeric": lambda i: f":{i}",
     "numeric_dollar": lambda i: f"${i}"}
 _inserts: dict[tuple[str, str, int], str] = {}
-_binders: dict[tuple[str, str], Callable[[Any], Any] | None] = {}
+_binders: dict[tuple[str, str], Callable[[dt.datetime, str], Any]] = {}
 
 
 def _insert_sql(conn: Connection, rows: int) -> str | None:
@@ -208,13 +209,41 @@ def _insert_sql(conn: Connection, rows: int) -> str | None:
     return sql
 
 
-def _time_binder(conn: Connection) -> Callable[[Any], Any] | None:
-    """The ``time`` column's bind processor for the connection's dialect."""
+def _time_binder(conn: Connection) -> Callable[[dt.datetime, str], Any]:
+    """How the ``time`` column is bound on the connection's dialect, from an event's time
+    and its :func:`format_time` text.
+
+    The type's own bind processor (or the datetime itself when it has none), except where
+    that processor writes the canonical text with a space for the ``T`` and without the
+    ``Z`` (SQLite: ``YYYY-MM-DD HH:MM:SS.ffffff``): there the text is cut from the
+    canonical one, which costs a fraction of formatting the datetime again. Which one is
+    decided once per dialect by comparing both on sample times.
+    """
     key = (conn.dialect.name, conn.dialect.driver)
-    if key not in _binders:
+    binder = _binders.get(key)
+    if binder is None:
         kind = AuditEvent.__table__.c.time.type
-        _binders[key] = kind.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    return _binders[key]
+        process = kind.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if process is None:
+            binder = _as_datetime
+        else:
+            samples = (dt.datetime(2026, 11, 30, 13, 5, 7, 123456, dt.UTC),
+                       dt.datetime(1999, 1, 2, 3, 4, 5, 0, dt.UTC))
+            if all(_cut(when, format_time(when)) == process(when) for when in samples):
+                binder = _cut
+            else:
+                def binder(when: dt.datetime, _text: str) -> Any:
+                    return process(when)
+        _binders[key] = binder
+    return binder
+
+
+def _as_datetime(when: dt.datetime, _text: str) -> dt.datetime:
+    return when
+
+
+def _cut(_when: dt.datetime, text: str) -> str:
+    return text[:10] + " " + text[11:26]
 
 
 def _insert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -232,7 +261,7 @@ def _insert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
             conn.execute(insert(AuditEvent), [dict(zip(_INSERT_COLUMNS, r, strict=True))
                                               for r in part])
         else:
-            conn.exec_driver_sql(sql, tuple(v for r in part for v in r))
+            conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(part)))
 
 
 def append(conn: Connection, events: Sequence[SecurityEvent | Entry]) -> tuple[int, str]:
@@ -260,10 +289,9 @@ def append(conn: Connection, events: Sequence[SecurityEvent | Entry]) -> tuple[i
         seq += 1
         texts, detail = entry.texts, entry.detail
         when = dt.datetime.fromtimestamp(entry.time, dt.UTC)
-        body = _canonical(texts, seq, format_time(when), detail, prev)
-        digest = hashlib.sha256(body).hexdigest()
-        rows.append((seq, bind(when) if bind is not None else when, *texts, detail, prev,
-                     digest))
+        text = format_time(when)
+        digest = hashlib.sha256(_canonical(texts, seq, text, detail, prev)).hexdigest()
+        rows.append((seq, bind(when, text), *texts, detail, prev, digest))
         prev = digest
     _insert(conn, rows)
     conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))

@@ -8,11 +8,22 @@ table.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    cast,
+    delete,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from dtr.audit import chain
 from dtr.audit.checkpoints import CheckpointKeys, write_checkpoint
@@ -95,6 +106,35 @@ async def test_the_writer_chains_events_on_their_own_in_order(db: Database,
     report = await verify_chain(db, keys)
     assert report.ok, report.problem
     assert (report.checked, report.checkpoints) == (45, 1)
+
+
+async def test_append_stores_the_time_as_the_column_type_does(db: Database,
+                                                            keys: CheckpointKeys) -> None:
+    """``append`` binds ``time`` itself (on SQLite, text cut from the canonical form): the
+    stored value is the one the column type stores for the same instant, to the character,
+    and reads back as that instant."""
+    times = [1796043907.120056, 915246245.0, 1796043907.999999]
+    await db.run(lambda c: chain.append(c, [
+        SecurityEvent("auth.login", "allow", actor=f"u{i}", time=when)
+        for i, when in enumerate(times)]))
+    kind = AuditEvent.__table__.c.time.type
+
+    def read(conn: Connection) -> list[tuple[Any, str, str]]:
+        out = []
+        for seq, when in enumerate(times, start=1):
+            instant = dt.datetime.fromtimestamp(when, dt.UTC)
+            stored = conn.execute(select(AuditEvent.time, cast(AuditEvent.time, String))
+                                  .where(AuditEvent.seq == seq)).one()
+            typed = conn.execute(select(cast(bindparam("t", instant, type_=kind),
+                                             String))).scalar_one()
+            out.append((stored[0] == instant, stored[1], typed))
+        return out
+
+    for same_instant, stored_text, typed_text in await db.run(read, write=False):
+        assert same_instant
+        assert stored_text == typed_text
+    report = await verify_chain(db, keys)
+    assert report.ok, report.problem
 
 
 async def test_fail_closed_refuses_when_the_event_cannot_be_written(db: Database) -> None:
