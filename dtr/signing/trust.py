@@ -300,7 +300,7 @@ def recheck_notation(conn: Connection, policies: PolicySet, policy_id: int,
         conn.execute(update(SignatureRecord).where(SignatureRecord.id == row.id).values(
             valid=after.trusted, signer=after.identity,
             reason=after.reason.value if after.reason else None,
-            message=after.message[:1000] or None, **values))
+            message=after.message[:1000], **values))
         if after.trusted != before.trusted:
             emit(conn, RegistryEvent(
                 "signature.accepted" if after.trusted else "signature.rejected",
