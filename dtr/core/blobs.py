@@ -12,9 +12,10 @@ from sqlalchemy import Connection, bindparam, delete, exists, select, update
 
 from dtr.core.hooks import RegistryEvent
 from dtr.core.reference import Digest
-from dtr.core.store import Store, ensure_repo, for_dialect, per_dialect, repo_id, storage_guard
+from dtr.core.store import Store, ensure_repo, per_dialect, repo_id, storage_guard
 from dtr.db.base import utcnow
 from dtr.db.models import Blob, Repository, RepositoryBlob, Upload
+from dtr.db.short import ConnectionTx, ShortTx, Statement
 from dtr.errors import BlobUnknown, Unavailable, Unsupported, UploadInvalid
 from dtr.storage import paths
 from dtr.storage.base import PathNotFound
@@ -112,8 +113,8 @@ class BlobService:
 
         False when the blob is unknown or being garbage collected.
         """
-        return await self.store.run(lambda s: _link_present(s, repository, digest, None),
-                                    short=True)
+        return await self.store.run_short(
+            lambda tx: _link_present(tx, repository, digest, None))
 
     async def mount(self, repository: str, digest: str,
                     sources: list[str] | None, may_read: Callable[[str], bool]) -> bool:
@@ -139,7 +140,7 @@ class BlobService:
             return False
 
         def link(s: Connection) -> bool:
-            if not _link_present(s, repository, digest, None):
+            if not _link_present(ConnectionTx(s), repository, digest, None):
                 return False
             self.store.hooks.emit(s, RegistryEvent("blob.mounted", repository, digest))
             return True
@@ -208,8 +209,8 @@ class BlobService:
                 if inserted:
                     await self.store.run(lambda s: _unclaim(s, digest))
                 raise
-            if await self.store.run(
-                    lambda s: _link_present(s, repository, digest, upload_id), short=True):
+            if await self.store.run_short(
+                    lambda tx: _link_present(tx, repository, digest, upload_id)):
                 return
         raise Unavailable("blob is being garbage collected; retry")
 
@@ -219,7 +220,7 @@ class BlobService:
         Waits while GC holds the row in state ``deleting``.
         """
         for _attempt in range(600):
-            row = await self.store.run(lambda s: claim_row(s, digest, size), short=True)
+            row = await self.store.run_short(lambda tx: claim_row(tx, digest, size))
             if row is not None:
                 return row
             await asyncio.sleep(0.05)
@@ -246,7 +247,7 @@ class BlobService:
             raise UploadInvalid("upload data is missing; start again") from None
 
 
-def claim_row(s: Connection, digest: str, size: int) -> bool | None:
+def claim_row(tx: ShortTx, digest: str, size: int) -> bool | None:
     """Insert the blob row (True), touch a ``present`` one (False), or None while GC
     holds it in state ``deleting``.
 
@@ -255,12 +256,9 @@ def claim_row(s: Connection, digest: str, size: int) -> bool | None:
     unique violation. A row GC has claimed is waited out, never revived.
     """
     now = utcnow()
-    if s.execute(for_dialect(s, _CLAIM), {"digest": digest, "size": size, "state": "present",
-                                          "created_at": now, "last_linked_at": now}
-                 ).rowcount == 1:
+    if tx.execute(_CLAIM, {"digest": digest, "size": size, "now": now}) == 1:
         return True
-    res = s.execute(_TOUCH, {"blob": digest, "now": now})
-    return False if res.rowcount == 1 else None
+    return False if tx.execute(_TOUCH, {"blob": digest, "now": now}) == 1 else None
 
 
 def _unclaim(s: Connection, digest: str) -> None:
@@ -269,25 +267,33 @@ def _unclaim(s: Connection, digest: str) -> None:
                                  ~exists().where(RepositoryBlob.digest == Blob.digest)))
 
 
-def _link_present(s: Connection, repository: str, digest: str, upload_id: str | None) -> bool:
+def _link_present(tx: ShortTx, repository: str, digest: str, upload_id: str | None) -> bool:
     """Link the blob if its row is still ``present``; False if GC took it meanwhile.
 
     The row is updated first, so on SQLite the write lock, and on PostgreSQL the row
     lock, keeps GC from claiming it before the link is in. Ends ``upload_id`` if given.
     """
-    res = s.execute(_TOUCH, {"blob": digest, "now": utcnow()})
-    if res.rowcount != 1:
+    now = utcnow()
+    if tx.execute(_TOUCH, {"blob": digest, "now": now}) != 1:
         return False
-    rid = ensure_repo(s, repository)
-    s.execute(for_dialect(s, _LINK), {"repository_id": rid, "digest": digest})
+    rid = ensure_repo(tx, repository)
+    tx.execute(_LINK, {"repository_id": rid, "digest": digest, "now": now})
     if upload_id is not None:
-        s.execute(_END_UPLOAD, {"upload": upload_id})
+        tx.execute(_END_UPLOAD, {"upload": upload_id})
     return True
 
 
 # Hot-path statements, built once (see ``dtr.core.store.per_dialect``).
-_CLAIM = per_dialect(lambda ins: ins(Blob).on_conflict_do_nothing(index_elements=["digest"]))
-_TOUCH = (update(Blob).where(Blob.digest == bindparam("blob"), Blob.state == "present")
-          .values(last_linked_at=bindparam("now")))
-_LINK = per_dialect(lambda ins: ins(RepositoryBlob).on_conflict_do_nothing())
-_END_UPLOAD = delete(Upload).where(Upload.id == bindparam("upload"))
+_CLAIM = Statement(per_dialect(
+    lambda ins: ins(Blob).values(digest=bindparam("digest"), size=bindparam("size"),
+                                 state="present", created_at=bindparam("now"),
+                                 last_linked_at=bindparam("now"))
+    .on_conflict_do_nothing(index_elements=["digest"])))
+_TOUCH = Statement(update(Blob).where(Blob.digest == bindparam("blob"), Blob.state == "present")
+                   .values(last_linked_at=bindparam("now")))
+_LINK = Statement(per_dialect(
+    lambda ins: ins(RepositoryBlob).values(repository_id=bindparam("repository_id"),
+                                           digest=bindparam("digest"),
+                                           created_at=bindparam("now"))
+    .on_conflict_do_nothing()))
+_END_UPLOAD = Statement(delete(Upload).where(Upload.id == bindparam("upload")))

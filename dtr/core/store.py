@@ -3,8 +3,10 @@ the hooks and the limits; the guard that turns storage failures into ``Unavailab
 the repository lookups every transaction needs.
 
 Hot paths (push, pull) run their transactions as plain functions of a synchronous
-``Connection`` through :meth:`Store.run` (one thread hop per transaction on SQLite). Scans
-(``dtr gc``) use the async sessions of :meth:`Store.tx` / :meth:`Store.read`.
+``Connection`` through :meth:`Store.run` (one thread hop per transaction on SQLite), and a
+push's short blob transactions as functions of a ``ShortTx`` through
+:meth:`Store.run_short` (on SQLite's bare driver, inline). Scans (``dtr gc``) use the async
+sessions of :meth:`Store.tx` / :meth:`Store.read`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from dtr.core.hooks import Hooks
+from dtr.db.base import utcnow
 from dtr.db.database import Database, TxFn, unavailable
 from dtr.db.models import Repository
 from dtr.db.reads import FastReads
+from dtr.db.short import ConnectionTx, ShortFn, ShortTx, Statement
 from dtr.errors import DtrError, NameUnknown, Unavailable
 from dtr.storage.base import PathNotFound, StorageDriver, StorageError, WriteAborted
 
@@ -67,6 +71,10 @@ class Store:
         statements on a few rows, which SQLite may run without a thread hop).
         """
         return await self.db.run(fn, write=write, short=short)
+
+    async def run_short(self, fn: ShortFn[T]) -> T:
+        """Run ``fn(tx)`` as one short write transaction (see ``Database.run_short``)."""
+        return await self.db.run_short(fn)
 
     def insert(self, table: type) -> Any:
         """A dialect-specific INSERT that supports ``on_conflict_do_nothing``."""
@@ -135,8 +143,10 @@ def for_dialect(session: Connection, stmts: dict[str, Any]) -> Any:
 
 
 _REPO_ID = select(Repository.id).where(Repository.name == bindparam("name"))
-_REPO_CREATE = per_dialect(
-    lambda ins: ins(Repository).on_conflict_do_nothing(index_elements=["name"]))
+_REPO_ID_SHORT = Statement(_REPO_ID)
+_REPO_CREATE = Statement(per_dialect(
+    lambda ins: ins(Repository).values(name=bindparam("name"), created_at=bindparam("now"))
+    .on_conflict_do_nothing(index_elements=["name"])))
 
 
 def repo_id(session: Connection, name: str) -> int:
@@ -151,13 +161,18 @@ def repo_id(session: Connection, name: str) -> int:
     return int(rid)
 
 
-def ensure_repo(session: Connection, name: str) -> int:
+def ensure_repo(tx: ShortTx | Connection, name: str) -> int:
     """The id of the repository, creating it if needed (safe under concurrency)."""
-    rid = session.execute(_REPO_ID, {"name": name}).scalar()
+    if isinstance(tx, Connection):
+        tx = ConnectionTx(tx)
+    rid = tx.scalar(_REPO_ID_SHORT, {"name": name})
     if rid is not None:
         return int(rid)
-    session.execute(for_dialect(session, _REPO_CREATE), {"name": name})
-    return int(session.execute(_REPO_ID, {"name": name}).scalar_one())
+    tx.execute(_REPO_CREATE, {"name": name, "now": utcnow()})
+    rid = tx.scalar(_REPO_ID_SHORT, {"name": name})
+    if rid is None:
+        raise RuntimeError(f"repository {name} vanished while being created")
+    return int(rid)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ from dtr.core.reference import Digest
 from dtr.core.store import Store, ensure_repo, storage_guard
 from dtr.db.base import utcnow
 from dtr.db.models import Repository, Upload, UploadPart
+from dtr.db.short import ShortTx, Statement
 from dtr.errors import (
     BlobTooLarge,
     DigestInvalid,
@@ -126,11 +127,12 @@ class UploadService:
         """Open an upload session in ``repository`` (created if new)."""
         upload_id = secrets.token_hex(16)
 
-        def start(s: Connection) -> None:
-            s.execute(_NEW_UPLOAD, {"id": upload_id, "repository_id": ensure_repo(s, repository),
-                                    "size": 0, "segments": 0})
+        def start(tx: ShortTx) -> None:
+            now = utcnow()
+            tx.execute(_NEW_UPLOAD, {"id": upload_id, "repository_id": ensure_repo(tx, repository),
+                                     "now": now})
 
-        await self.store.run(start, short=True)
+        await self.store.run_short(start)
         return UploadState(upload_id, 0)
 
     async def status(self, repository: str, upload_id: str) -> UploadState:
@@ -237,8 +239,8 @@ class UploadService:
         if written == 0:
             return offset
         key = paths.upload_data_key(upload_id)
-        if not await self.store.run(lambda s: _advance(s, upload_id, offset, written, key),
-                                    short=True):
+        if not await self.store.run_short(
+                lambda tx: _advance(tx, upload_id, offset, written, key)):
             await self._cut(handle, offset)
             raise RangeInvalid("another request appended to this upload concurrently")
         if hasher is not None:
@@ -317,9 +319,8 @@ class UploadService:
         await self._verify(repository, upload_id, want, hasher)
         if size > expected:
             advanced, claimed = await _beside(
-                self.store.run(lambda s: _advance_and_claim(s, upload_id, expected,
-                                                            size - expected, key, str(want)),
-                               short=True),
+                self.store.run_short(lambda tx: _advance_and_claim(
+                    tx, upload_id, expected, size - expected, key, str(want))),
                 _sync(handle))
             if not advanced:
                 await self._cut(handle, expected)
@@ -355,8 +356,8 @@ class UploadService:
                                                  content_length, hasher)
         if key is None:
             return offset, None
-        committed = await self.store.run(lambda s: _advance(s, upload_id, offset, written, key),
-                                         short=True)
+        committed = await self.store.run_short(
+            lambda tx: _advance(tx, upload_id, offset, written, key))
         if not committed:
             await self.store.storage.delete(key)
             raise RangeInvalid("another request appended to this upload concurrently")
@@ -486,8 +487,8 @@ class UploadService:
         if hasher.hexdigest() != want.encoded:
             await self.store.storage.delete(key)
         await self._verify(repository, upload_id, want, hasher)
-        advanced, claimed = await self.store.run(
-            lambda s: _advance_and_claim(s, upload_id, 0, written, key, str(want)), short=True)
+        advanced, claimed = await self.store.run_short(
+            lambda tx: _advance_and_claim(tx, upload_id, 0, written, key, str(want)))
         if not advanced:
             await self.store.storage.delete(key)
             raise RangeInvalid("another request appended to this upload concurrently")
@@ -555,36 +556,40 @@ def _expected_length(offset: int, content_range: tuple[int, int] | None,
     return end - start + 1
 
 
-def _advance(s: Connection, upload_id: str, offset: int, written: int, key: str) -> bool:
+def _advance(tx: ShortTx, upload_id: str, offset: int, written: int, key: str) -> bool:
     """Append the segment ``key`` (``written`` bytes at ``offset``) to the upload if it is
     still at ``offset`` (compare-and-set); False if it is not (or is gone).
     """
-    res = s.execute(_ADVANCE, {"upload": upload_id, "old_size": offset,
-                               "new_size": offset + written, "now": utcnow()})
-    if res.rowcount != 1:
+    if tx.execute(_ADVANCE, {"upload": upload_id, "old_size": offset,
+                             "new_size": offset + written, "now": utcnow()}) != 1:
         return False
-    s.execute(_NEW_PART, {"upload_id": upload_id, "offset": offset, "key": key,
-                          "size": written})
+    tx.execute(_NEW_PART, {"upload_id": upload_id, "offset": offset, "key": key,
+                           "size": written})
     return True
 
 
-def _advance_and_claim(s: Connection, upload_id: str, offset: int, written: int, key: str,
+def _advance_and_claim(tx: ShortTx, upload_id: str, offset: int, written: int, key: str,
                        digest: str) -> tuple[bool, bool | None]:
     """:func:`_advance`, then claim the blob row of the whole upload (``offset + written``
     bytes) in the same transaction: (advanced, what ``claim_row`` returned).
     """
-    if not _advance(s, upload_id, offset, written, key):
+    if not _advance(tx, upload_id, offset, written, key):
         return False, None
-    return True, claim_row(s, digest, offset + written)
+    return True, claim_row(tx, digest, offset + written)
 
 
 # Hot-path statements, built once (see ``dtr.core.store.per_dialect``).
-_NEW_UPLOAD = insert(Upload)
-_NEW_PART = insert(UploadPart)
-_ADVANCE = (update(Upload)
-            .where(Upload.id == bindparam("upload"), Upload.size == bindparam("old_size"))
-            .values(size=bindparam("new_size"), segments=Upload.segments + 1,
-                    updated_at=bindparam("now")))
+_NEW_UPLOAD = Statement(insert(Upload).values(
+    id=bindparam("id"), repository_id=bindparam("repository_id"), size=0, segments=0,
+    created_at=bindparam("now"), updated_at=bindparam("now")))
+_NEW_PART = Statement(insert(UploadPart).values(
+    upload_id=bindparam("upload_id"), offset=bindparam("offset"), key=bindparam("key"),
+    size=bindparam("size")))
+_ADVANCE = Statement(
+    update(Upload)
+    .where(Upload.id == bindparam("upload"), Upload.size == bindparam("old_size"))
+    .values(size=bindparam("new_size"), segments=Upload.segments + 1,
+            updated_at=bindparam("now")))
 
 
 def _load(s: Connection, repository: str, upload_id: str) -> Row[str, int]:

@@ -14,14 +14,16 @@ SQL); ``Database.run`` executes one such function as one transaction:
   process holds the lock it goes to the thread like any other write, so the event loop
   never waits for a lock; that connection never checkpoints the WAL itself (a checkpoint
   fsyncs the database file): every 128 of its commits one is started on a thread, under
-  the write lock.
+  the write lock. The push path's short transactions (:meth:`Database.run_short`, written
+  against ``dtr.db.short.ShortTx``) run there on the bare ``sqlite3`` driver.
 * **PostgreSQL**: on the asyncpg engine through ``AsyncConnection.run_sync`` (greenlet;
   no threads).
 
 Failures that mean the database cannot be reached raise ``dtr.errors.Unavailable``.
 
-Write transactions end with the ``before_commit`` hooks (the audit log chains the events
-the transaction recorded there, so its lock is held only while committing), and each
+Write transactions of :meth:`Database.run` end with the ``before_commit`` hooks (the audit
+log chains the events the transaction recorded there, so its lock is held only while
+committing; a :meth:`Database.run_short` transaction cannot record events), and each
 transaction has a scratch dictionary (:func:`tx_state`) that lives exactly as long as it.
 The caller's context variables (the request context) reach the transaction's thread.
 """
@@ -37,6 +39,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -47,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from dtr.db.engine import make_engine, sqlite_pragmas
+from dtr.db.short import ConnectionTx, ShortFn, SqliteTx
 from dtr.errors import Unavailable
 
 T = TypeVar("T")
@@ -135,12 +139,13 @@ class Database:
         self.async_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._threads: ThreadPoolExecutor | None = None
         self.before_commit: list[CommitHook] = []
-        """Run, in order, at the end of every write transaction, inside it."""
+        """Run, in order, at the end of every write transaction of :meth:`run`, inside it."""
         if not self.is_postgres:
             path = parsed.database or ":memory:"
             self._write = _sqlite_engine(path, "BEGIN IMMEDIATE", echo)
             self._read = _sqlite_engine(path, "BEGIN", echo)
             self._now = _sqlite_engine(path, "BEGIN IMMEDIATE", echo, now=True)
+            self._raw_now = _RawNow(path)
             self._threads = ThreadPoolExecutor(16, thread_name_prefix="dtr-db")
             self._writer = _WriterLock(f"{path}.writelock")
             self._commits_now = 0
@@ -161,7 +166,7 @@ class Database:
         try:
             if self._threads is not None:
                 if write and short:
-                    ran, result = self._writer.try_now(self._now, fn)
+                    ran, result = self._writer.try_now(partial(_if_free, self._now, fn))
                     if ran:
                         self._after_commit_now()
                         return cast(T, result)  # ran: fn's result
@@ -179,6 +184,29 @@ class Database:
                 raise Unavailable("metadata database unavailable") from exc
             raise
 
+    async def run_short(self, fn: ShortFn[T]) -> T:
+        """Run ``fn`` as one short write transaction (a few statements on a few rows) and
+        return its result; committed when ``fn`` returns, rolled back when it raises.
+
+        On SQLite it runs on the calling thread on the bare driver when the write lock is
+        free at once, else as :meth:`run` runs a write; on PostgreSQL as
+        ``run(..., short=True)``. The ``before_commit`` hooks do not run on the bare
+        driver (``fn`` gets no ``Connection``, so it records nothing for them).
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        if self._threads is None:
+            return await self.run(lambda conn: fn(ConnectionTx(conn)), short=True)
+        try:
+            ran, result = self._writer.try_now(partial(self._raw_now.attempt, fn))
+        except (sqlite3.OperationalError, sqlite3.InterfaceError, OSError) as exc:
+            raise Unavailable("metadata database unavailable") from exc
+        if ran:
+            self._after_commit_now()
+            return cast(T, result)  # ran: fn's result
+        return await self.run(lambda conn: fn(ConnectionTx(conn)))
+
     def _after_commit_now(self) -> None:
         """Count a commit on the calling thread; every 128th starts a WAL checkpoint on a
         thread (that connection does not checkpoint itself: see the module docstring).
@@ -193,6 +221,7 @@ class Database:
         await self.engine.dispose()
         if self._threads is not None:
             self._now.dispose()
+            self._raw_now.close()
             self._write.dispose()
             self._read.dispose()
             self._threads.shutdown(wait=False)
@@ -227,10 +256,11 @@ class _WriterLock:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def try_now(self, engine: Engine, fn: TxFn[T]) -> tuple[bool, T | None]:
-        """Run ``fn`` as a transaction on ``engine`` only if no thread of this process and
-        no process holds the write lock, without waiting; ``(False, None)`` if it is held
-        (``fn`` did not run). ``engine`` must not wait for SQLite's lock either.
+    def try_now(self, attempt: Callable[[], tuple[bool, T | None]]) -> tuple[bool, T | None]:
+        """``attempt()`` (a transaction that does not wait for SQLite's lock, as
+        :func:`_if_free` and :meth:`_RawNow.attempt` run one) only if no thread of this
+        process and no process holds the write lock, without waiting; ``(False, None)`` if
+        it is held (nothing ran).
         """
         if not self._thread_lock.acquire(blocking=False):
             return False, None
@@ -241,7 +271,7 @@ class _WriterLock:
             except BlockingIOError:
                 return False, None
             try:
-                return _if_free(engine, fn)
+                return attempt()
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -260,6 +290,11 @@ _CHECKPOINT_EVERY = 128
 _LOCK_HELD = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+def _lock_held(code: int | None) -> bool:
+    """True for SQLite's (extended) result codes that mean another connection writes."""
+    return code is not None and code & 0xFF in _LOCK_HELD
+
+
 def _in_thread(engine: Engine, fn: TxFn[T]) -> T:
     with engine.begin() as conn:
         return fn(conn)
@@ -273,11 +308,66 @@ def _if_free(engine: Engine, fn: TxFn[T]) -> tuple[bool, T | None]:
         try:
             tx = conn.begin()
         except OperationalError as exc:
-            if getattr(exc.orig, "sqlite_errorcode", None) in _LOCK_HELD:
+            if _lock_held(getattr(exc.orig, "sqlite_errorcode", None)):
                 return False, None
             raise
         with tx:
             return True, fn(conn)
+
+
+class _RawNow:
+    """The bare ``sqlite3`` connection short transactions run on, on the event loop's
+    thread (opened on first use): like the ``now`` engine's, it never waits for SQLite's
+    lock and never checkpoints the WAL itself.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                # connection settings only (no lock needed); the database is in WAL mode
+                # since its first migration (the mode is stored in the file)
+                for pragma in ("synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0",
+                               "wal_autocheckpoint=0"):
+                    conn.execute(f"PRAGMA {pragma}")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def attempt(self, fn: ShortFn[T]) -> tuple[bool, T | None]:
+        """``fn`` as a transaction, or ``(False, None)`` if SQLite's write lock is held (by
+        a process that does not take :class:`_WriterLock`). Rolled back when ``fn`` or the
+        commit raises.
+        """
+        conn = self._db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _lock_held(exc.sqlite_errorcode):
+                return False, None
+            raise
+        try:
+            result = fn(SqliteTx(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return True, result
+
+    def close(self) -> None:
+        """Close the connection (it reopens on the next transaction)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _checkpoint(engine: Engine) -> None:
