@@ -19,9 +19,10 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -185,6 +186,17 @@ class SecurityEvents(Protocol):
         """Record ``event`` on its own."""
         ...
 
+    def deferred(self, event: SecurityEvent) -> Callable[[], Awaitable[None]] | None:
+        """``event`` accepted now, to be recorded on its own by the returned coroutine
+        function, which the caller awaits once its response is sent (off the client's
+        critical path: a pull's record); or None when the event has to be recorded before
+        the response, by awaiting ``emit`` (an implementation that fails closed).
+
+        Raises:
+            dtr.errors.Unavailable: events are refused now (as ``emit`` would raise).
+        """
+        ...
+
     def record(self, conn: Connection, event: SecurityEvent) -> None:
         """Record ``event`` in the transaction of ``conn``."""
         ...
@@ -201,6 +213,10 @@ class LogSecurityEvents:
     async def emit(self, event: SecurityEvent) -> None:
         """See :meth:`SecurityEvents.emit`."""
         self.record(None, event)
+
+    def deferred(self, event: SecurityEvent) -> Callable[[], Awaitable[None]]:
+        """See :meth:`SecurityEvents.deferred` (logged when awaited)."""
+        return partial(self.emit, event)
 
     def record(self, conn: Connection | None, event: SecurityEvent) -> None:
         """Log ``event`` now (a log line cannot join the transaction)."""
@@ -220,6 +236,10 @@ class RecordingSecurityEvents:
     async def emit(self, event: SecurityEvent) -> None:
         """See :meth:`SecurityEvents.emit`."""
         self.events.append(stamped(event))
+
+    def deferred(self, event: SecurityEvent) -> Callable[[], Awaitable[None]]:
+        """See :meth:`SecurityEvents.deferred` (kept when awaited)."""
+        return partial(self.emit, event)
 
     def record(self, conn: Connection, event: SecurityEvent) -> None:
         """See :meth:`SecurityEvents.record` (kept at once, whatever the transaction does)."""

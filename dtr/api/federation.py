@@ -5,6 +5,8 @@ functions (which ``dtr.auth`` may not import itself).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sqlalchemy import Connection
 
 from dtr.api.context import Security
@@ -24,6 +26,10 @@ class _CurrentEvents:
     async def emit(self, event: SecurityEvent) -> None:
         """See ``SecurityEvents.emit``."""
         await self.security.events.emit(event)
+
+    def deferred(self, event: SecurityEvent) -> Callable[[], Awaitable[None]] | None:
+        """See ``SecurityEvents.deferred``."""
+        return self.security.events.deferred(event)
 
     def record(self, conn: Connection, event: SecurityEvent) -> None:
         """See ``SecurityEvents.record``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from sqlalchemy import Connection
@@ -121,13 +122,32 @@ class AuditRecorder:
         """
         if self.refusal is not None:
             raise Unavailable(self.refusal)
-        entry = chain.entry_of(stamped(event))
+        if not self.fail_closed:
+            await self._emit_open(event)
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((chain.entry_of(stamped(event)), done))
+        self._start()
+        await done
+
+    def deferred(self, event: SecurityEvent) -> Callable[[], Awaitable[None]] | None:
+        """See ``SecurityEvents.deferred``: failing open, ``event`` is accepted now (or
+        refused, :meth:`hold`) and stamped and queued when the result is awaited (in the
+        same request context); failing closed, None.
+
+        Raises:
+            Unavailable: events are refused (:meth:`hold`).
+        """
         if self.fail_closed:
-            done = asyncio.get_running_loop().create_future()
-            self._queue.append((entry, done))
-            self._start()
-            await done
-        elif self.relay is not None:
+            return None
+        if self.refusal is not None:
+            raise Unavailable(self.refusal)
+        return partial(self._emit_open, event)
+
+    async def _emit_open(self, event: SecurityEvent) -> None:
+        """Stamp ``event`` and queue it, failing open (to the relay when there is one)."""
+        entry = chain.entry_of(stamped(event))
+        if self.relay is not None:
             self.relay.add(entry)
         else:
             self.accept([entry])

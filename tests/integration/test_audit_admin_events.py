@@ -324,6 +324,9 @@ class Spy:
     async def emit(self, event: SecurityEvent) -> None:
         await self.inner.emit(event)
 
+    def deferred(self, event: SecurityEvent) -> Any:
+        return self.inner.deferred(event)
+
     def record(self, conn: Connection, event: SecurityEvent) -> None:
         self.recorded.append(event.action)
         self.inner.record(conn, event)

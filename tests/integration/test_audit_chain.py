@@ -145,6 +145,33 @@ async def test_fail_closed_refuses_when_the_event_cannot_be_written(db: Database
     await recorder.aclose()
 
 
+async def test_a_deferred_event_is_accepted_now_and_recorded_when_awaited(
+        db: Database) -> None:
+    """``deferred`` (a pull's record, sent after the response): refused or accepted at
+    once, written only once awaited, stamped with the context it is awaited in."""
+    recorder = AuditRecorder(db)
+    later = recorder.deferred(SecurityEvent("manifest.pulled", "allow", repository="a/b"))
+    assert later is not None
+    await recorder.flush()
+    assert await rows(db) == []  # nothing until awaited
+    ctx = RequestContext(request_id="r9", client_ip="10.0.0.9", user_agent="crane",
+                         actor_kind="user", actor="bob", actor_id="user:bob",
+                         method="token", token_id="t9")
+    with request_context(ctx):
+        await later()
+    await recorder.flush()
+    [row] = await rows(db)
+    assert (row["action"], row["repository"], row["actor"], row["request_id"]) == (
+        "manifest.pulled", "a/b", "bob", "r9")
+    recorder.hold("the forwarder's backlog is full")
+    with pytest.raises(Unavailable, match="backlog"):
+        recorder.deferred(SecurityEvent("manifest.pulled", "allow", repository="a/b"))
+    await recorder.aclose()
+    closed = AuditRecorder(db, fail_closed=True)  # must be recorded before the response
+    assert closed.deferred(SecurityEvent("manifest.pulled", "allow")) is None
+    await closed.aclose()
+
+
 async def tampered(db: Database, keys: CheckpointKeys, how: str) -> tuple[int, str]:
     recorder = AuditRecorder(db)
     await fill(db, recorder, 12)

@@ -4,7 +4,9 @@ in ``api/oci/errors.py``; bodies stream, never read whole (manifests excepted, â
 
 A served manifest ``GET`` is reported as ``manifest.pulled`` when ``OciContext.record_pulls``
 is on (``HEAD`` and blob reads are not: clients send them by the dozen per pull, and the
-manifest ``GET`` is the one request every pull makes).
+manifest ``GET`` is the one request every pull makes). The event is accepted before the
+response and recorded after it is sent (``SecurityEvents.deferred``: the client's next
+request does not wait for it), or, failing closed, recorded before anything is served.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Redirect, Stream
 
 from dtr.api.context import scope_header
@@ -266,15 +269,21 @@ async def manifest_get(ctx: OciContext, request: Req, p: dict[str, str]) -> Resp
                "Content-Length": str(len(m.content))}
     inm = scope_header(request.scope, b"if-none-match")  # no Headers object to build
     not_modified = bool(inm and m.digest in inm)
+    later = None
     if ctx.record_pulls and ctx.events is not None and request.method == "GET":
-        # before the response: fail-closed serves nothing unrecorded
-        await ctx.events.emit(manifest_pulled(
-            name, "" if is_digest_reference(reference) else reference, m.digest,
-            m.media_type, not_modified))
+        event = manifest_pulled(name, "" if is_digest_reference(reference) else reference,
+                                m.digest, m.media_type, not_modified)
+        later = ctx.events.deferred(event)
+        if later is None:  # failing closed: recorded before anything is served
+            await ctx.events.emit(event)
     if not_modified:
-        return reply(304, media_type=m.media_type, headers=headers)
-    body = b"" if request.method == "HEAD" else m.content
-    return reply(200, body, m.media_type, headers)
+        response = reply(304, media_type=m.media_type, headers=headers)
+    else:
+        response = reply(200, b"" if request.method == "HEAD" else m.content, m.media_type,
+                         headers)
+    if later is not None:  # recorded once the response is sent
+        response.background = BackgroundTask(later)
+    return response
 
 
 async def _read_manifest(ctx: OciContext, request: Req) -> bytes:

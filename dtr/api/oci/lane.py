@@ -11,7 +11,8 @@ handler, so the same body-size limit), and sends their responses:
 
 * a ``Response`` with a bytes body (nearly every OCI response): status and headers as
   Litestar's ``ASGIResponse`` would send them (content type, then content length, unless
-  the handler set them; none for a status without a body);
+  the handler set them; none for a status without a body), then its background task, as
+  Litestar runs it;
 * anything else (blob streams, file sends, redirects): Litestar's own ``to_asgi_response``.
 
 Errors render as through Litestar: domain errors by the OCI error table (in the handlers),
@@ -120,8 +121,7 @@ async def _send(response: Response[Any], request: Request[Any, Any, Any], scope:
                 receive: Receive, send: Send) -> None:
     """Send ``response`` as Litestar's ``ASGIResponse`` would."""
     body = response.content
-    if (type(response) is not Response or not isinstance(body, bytes) or response.cookies
-            or response.background is not None):
+    if type(response) is not Response or not isinstance(body, bytes) or response.cookies:
         asgi: ASGIApp = response.to_asgi_response(app=None, request=request)
         await asgi(scope, receive, send)
         return
@@ -146,3 +146,5 @@ async def _send(response: Response[Any], request: Request[Any, Any, Any], scope:
     end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body,
                                   "more_body": False}
     await send(end)
+    if response.background is not None:
+        await response.background()
