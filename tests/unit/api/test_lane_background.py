@@ -54,7 +54,7 @@ async def _served(through_litestar: bool, status: int, body: bytes) -> list[str]
     return seen
 
 
-@pytest.mark.parametrize("status,body", [(200, b"{}"), (304, b"")])
+@pytest.mark.parametrize(("status", "body"), [(200, b"{}"), (304, b"")])
 @pytest.mark.parametrize("through_litestar", [False, True], ids=["lane", "litestar"])
 async def test_the_background_task_runs_after_the_body_is_sent(
         through_litestar: bool, status: int, body: bytes) -> None:
