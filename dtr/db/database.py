@@ -111,8 +111,8 @@ def _sqlite_engine(path: str, begin: str, echo: bool, *, now: bool = False) -> E
         sqlite_pragmas(dbapi_conn, _rec)
         if now:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout=0")
-            cur.execute("PRAGMA wal_autocheckpoint=0")
+            for pragma in _NOW_PRAGMAS:
+                cur.execute(f"PRAGMA {pragma}")
             cur.close()
 
     @event.listens_for(engine, "begin")
@@ -284,6 +284,9 @@ class _WriterLock:
         return self._fd
 
 
+#: What a connection that runs transactions on the calling thread sets: it never waits for
+#: SQLite's lock and never checkpoints the WAL itself (a checkpoint fsyncs the database).
+_NOW_PRAGMAS = ("busy_timeout=0", "wal_autocheckpoint=0")
 #: Commits on the calling thread between two WAL checkpoints started on a thread.
 _CHECKPOINT_EVERY = 128
 #: SQLite's answers to ``BEGIN IMMEDIATE`` while another connection writes.
@@ -332,8 +335,7 @@ class _RawNow:
             try:
                 # connection settings only (no lock needed); the database is in WAL mode
                 # since its first migration (the mode is stored in the file)
-                for pragma in ("synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0",
-                               "wal_autocheckpoint=0"):
+                for pragma in ("synchronous=NORMAL", "foreign_keys=ON", *_NOW_PRAGMAS):
                     conn.execute(f"PRAGMA {pragma}")
             except BaseException:
                 conn.close()

@@ -1,7 +1,8 @@
-"""Short write transactions of the push path (an upload started, advanced, its blob row
-claimed and linked) and the statements they run, written once and run on either of two
-executors: a SQLAlchemy ``Connection`` (PostgreSQL, and SQLite when a transaction has to
-wait for the write lock), or SQLite's bare ``sqlite3`` driver on the calling thread.
+"""The seam the push path's short write transactions (an upload started, advanced, its
+blob row claimed and linked; written in ``dtr.core``) are written against: a
+:class:`Statement` and the :class:`ShortTx` that runs it, with its two executors, a
+SQLAlchemy ``Connection`` (PostgreSQL, and SQLite when a transaction has to wait for the
+write lock) and SQLite's bare ``sqlite3`` driver on the calling thread.
 
 SQLAlchemy Core's execution path (pool checkout, events, compiled-statement setup,
 result objects) costs ~100 µs of CPU per such transaction on top of the ~30 µs SQLite
